@@ -1,0 +1,1 @@
+"""attnspec.impl: the Numba implementation."""

@@ -1,0 +1,1 @@
+"""attnspec.spec: the symbolic specification and high-precision oracle."""

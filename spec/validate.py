@@ -1,0 +1,115 @@
+"""Argument checks shared by every public boundary (oracle, implementation, conformance kit).
+
+Each check raises ``TypeError`` (wrong kind of object) or ``ValueError`` (wrong
+shape or value) with a message that starts with the argument's name, before
+any numerical code can read out of bounds or return NaN silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .config import Config, param_shapes
+
+
+def _as_array(name: str, x) -> np.ndarray:
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name}: cannot be converted to an array ({exc})") from None
+
+
+def as_int_array(name: str, x, ndim: int) -> np.ndarray:
+    """``x`` as an int64 array with ``ndim`` dimensions, or a clear error naming ``name``."""
+    a = _as_array(name, x)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {a.shape}")
+    return a.astype(np.int64)
+
+
+def check_ids(name: str, ids: np.ndarray, vocab: int) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        bad = np.argwhere((ids < 0) | (ids >= vocab))[0]
+        raise ValueError(
+            f"{name}: id {ids[tuple(bad)]} at index {tuple(int(i) for i in bad)} "
+            f"is outside the vocabulary [0, {vocab})"
+        )
+
+
+def check_source(config: Config, src, src_len) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a source batch: ``src[B, S]`` ids and ``src_len[B]`` with 1 <= src_len <= S."""
+    src = as_int_array("src", src, 2)
+    B, S = src.shape
+    if B < 1 or S < 1:
+        raise ValueError(f"src: expected a non-empty [B, S] array, got shape {src.shape}")
+    check_ids("src", src, config.V_src)
+    src_len = as_int_array("src_len", src_len, 1)
+    if src_len.shape != (B,):
+        raise ValueError(f"src_len: expected shape ({B},) to match src, got {src_len.shape}")
+    if src_len.min() < 1 or src_len.max() > S:
+        b = int(np.argmax((src_len < 1) | (src_len > S)))
+        raise ValueError(f"src_len: src_len[{b}] = {src_len[b]} is outside [1, S = {S}]")
+    return src, src_len
+
+
+def check_batch(config: Config, src, src_len, tgt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a training batch of MODEL.md.
+
+    Parameters
+    ----------
+    src : int array [B, S]
+    src_len : int array [B], 1 <= src_len <= S
+    tgt : int array [B, T+1] with ``tgt[:, 0] == BOS`` and at least one label
+        (``tgt[:, 1:]``) that is not PAD, so that the loss is defined.
+
+    Returns
+    -------
+    (src, src_len, tgt) as int64 arrays.
+    """
+    src, src_len = check_source(config, src, src_len)
+    tgt = as_int_array("tgt", tgt, 2)
+    if tgt.shape[0] != src.shape[0]:
+        raise ValueError(f"tgt: batch size {tgt.shape[0]} does not match src's {src.shape[0]}")
+    if tgt.shape[1] < 2:
+        raise ValueError(f"tgt: expected [B, T+1] with T >= 1, got shape {tgt.shape}")
+    check_ids("tgt", tgt, config.V_tgt)
+    if np.any(tgt[:, 0] != config.bos_id):
+        b = int(np.argmax(tgt[:, 0] != config.bos_id))
+        raise ValueError(f"tgt: tgt[{b}, 0] = {tgt[b, 0]} but every row must start with BOS = {config.bos_id}")
+    if not np.any(tgt[:, 1:] != config.pad_id):
+        raise ValueError("tgt: every label tgt[:, 1:] is PAD, so the loss (a mean over non-PAD labels) is undefined")
+    return src, src_len, tgt
+
+
+def check_params(params, config: Config, dtype=None) -> dict[str, np.ndarray]:
+    """Validate a parameter dict against MODEL.md's names and shapes for ``config``.
+
+    Every name must be present, no other name may be, each value must be a
+    finite real array of the right shape. Returns a new dict of arrays in
+    state-dict order, converted to ``dtype`` when given (else left as they are).
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a mapping of name -> array, got {type(params).__name__}")
+    shapes = param_shapes(config)
+    missing = [n for n in shapes if n not in params]
+    unexpected = [n for n in params if n not in shapes]
+    if missing or unexpected:
+        raise ValueError(
+            f"params: names do not match MODEL.md for score={config.score!r}, L={config.L}, "
+            f"input_feeding={config.input_feeding}: missing {missing}, unexpected {unexpected}"
+        )
+    out = {}
+    for name, shape in shapes.items():
+        a = _as_array(f"params[{name!r}]", params[name])
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.dtype == bool:
+            raise TypeError(f"params[{name!r}]: expected a real array, got dtype {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"params[{name!r}]: expected shape {shape}, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"params[{name!r}]: contains NaN or infinity")
+        out[name] = a if dtype is None else np.ascontiguousarray(a, dtype=dtype)
+    return out

@@ -1,0 +1,103 @@
+"""Configuration, parameter names/shapes and input validation (spec.config, spec.validate)."""
+
+import numpy as np
+import pytest
+
+from attnspec.spec.config import Config, param_shapes
+from attnspec.spec.validate import check_batch, check_params
+
+
+def test_param_names_follow_model_md_for_every_variant():
+    c = Config(V_src=7, V_tgt=6, E=3, H=2, L=2, score="concat")
+    shapes = param_shapes(c)
+    assert shapes["encoder.lstm.weight_ih_l0"] == (8, 3)
+    assert shapes["encoder.lstm.weight_ih_l1"] == (8, 2)
+    assert shapes["decoder.lstm.weight_ih_l0"] == (8, 5)  # [Emb; h~] with input feeding
+    assert shapes["attention.W_a"] == (2, 4) and shapes["attention.v_a"] == (2,)
+    assert shapes["attention.W_c"] == (2, 4)
+    assert "attention.W_a" not in param_shapes(c.replace(score="dot"))
+    assert param_shapes(c.replace(score="general"))["attention.W_a"] == (2, 2)
+    assert param_shapes(c.replace(input_feeding=False))["decoder.lstm.weight_ih_l0"] == (8, 3)
+    baseline = param_shapes(c.replace(score="none"))
+    assert not any(n.startswith("attention.") for n in baseline)
+    assert baseline["decoder.lstm.weight_ih_l0"] == (8, 3)
+
+
+def test_config_round_trips_through_json():
+    c = Config(V_src=7, V_tgt=6, E=3, H=2, L=2, score="general", input_feeding=False, dtype="float32")
+    assert Config.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(score="cosine"), "score"),
+        (dict(H=0), "H"),
+        (dict(L=1.5), "L"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(eos_id=9), "eos_id"),
+        (dict(bos_id=0), "pad_id, bos_id, eos_id"),
+    ],
+)
+def test_bad_config_names_the_argument(kwargs, match):
+    base = dict(V_src=6, V_tgt=6, E=3, H=2)
+    with pytest.raises((ValueError, TypeError), match=match):
+        Config(**{**base, **kwargs})
+
+
+CFG = Config(V_src=6, V_tgt=5, E=3, H=2)
+SRC = np.array([[3, 4, 5], [3, 0, 0]])
+LEN = np.array([3, 1])
+TGT = np.array([[1, 3, 2], [1, 2, 0]])
+
+
+def test_valid_batch_passes_and_is_int64():
+    src, src_len, tgt = check_batch(CFG, SRC, LEN, TGT)
+    assert src.dtype == src_len.dtype == tgt.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "src, src_len, tgt, match",
+    [
+        (SRC[0], LEN, TGT, "src"),
+        (SRC.astype(float), LEN, TGT, "src"),
+        (SRC + 3, LEN, TGT, "src: id"),
+        (SRC, np.array([3, 0]), TGT, r"src_len\[1\]"),
+        (SRC, np.array([4, 1]), TGT, r"src_len\[0\]"),
+        (SRC, np.array([3]), TGT, "src_len"),
+        (SRC, LEN, TGT[:1], "tgt: batch size"),
+        (SRC, LEN, TGT[:, :1], "tgt"),
+        (SRC, LEN, np.array([[1, 3, 2], [2, 2, 0]]), r"tgt\[1, 0\]"),
+        (SRC, LEN, np.array([[1, 5, 2], [1, 2, 0]]), "tgt: id 5"),
+        (SRC, LEN, np.array([[1, 0, 0], [1, 0, 0]]), "loss"),
+    ],
+)
+def test_bad_batch_names_the_argument(src, src_len, tgt, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        check_batch(CFG, src, src_len, tgt)
+
+
+def _params(config):
+    return {n: np.zeros(s) for n, s in param_shapes(config).items()}
+
+
+def test_params_checked_by_name_shape_and_finiteness():
+    assert list(check_params(_params(CFG), CFG)) == list(param_shapes(CFG))
+    p = _params(CFG)
+    del p["generator.bias"]
+    with pytest.raises(ValueError, match="missing \\['generator.bias'\\]"):
+        check_params(p, CFG)
+    p = _params(CFG)
+    p["attention.W_a"] = np.zeros((2, 2))
+    with pytest.raises(ValueError, match="unexpected \\['attention.W_a'\\]"):
+        check_params(p, CFG)
+    p = _params(CFG)
+    p["attention.W_c"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="attention.W_c.*shape"):
+        check_params(p, CFG)
+    p = _params(CFG)
+    p["generator.weight"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="generator.weight.*NaN"):
+        check_params(p, CFG)
+    with pytest.raises(TypeError, match="params"):
+        check_params([1, 2], CFG)
