@@ -41,7 +41,8 @@ SYMPY = Ops(exp=sp.exp, log=sp.log, tanh=sp.tanh, sqrt=sp.sqrt)
 
 def vdot(u, v):
     """u . v"""
-    assert len(u) == len(v)
+    if len(u) != len(v):
+        raise ValueError(f"u, v: lengths differ ({len(u)} and {len(v)})")
     total = 0
     for ui, vi in zip(u, v):
         total = total + ui * vi
