@@ -1,0 +1,259 @@
+"""Decoding kernels: greedy and beam search, built on the training step.
+
+Each step embeds the previous tokens, runs ``decoder_step`` (the very function
+the teacher-forced forward pass uses) and the generator, so a teacher-forced
+forward pass on the decoded tokens reproduces their log-probabilities.
+Beam search keeps R = B*K rows, row r attending to source row r // K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels_decoder import decoder_step
+from .kernels_model import embed_time_major, encoder_forward, final_state, generator_forward
+from .kernels_util import add_bias_
+
+
+@njit(cache=True)
+def decode_step(w, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+                gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
+    """One step for R rows fed the tokens y_prev (R,): writes the new state and a (R, S);
+    returns log_probs (R, V)."""
+    R = y_prev.shape[0]
+    y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]      # (R, E)
+    xw0 = y_emb @ w.dec_W_emb.T                                       # (R, 4H)
+    add_bias_(xw0, w.dec_b[0])
+    decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde)
+    return generator_forward(h_tilde, w.W_out, w.b_out, False)[0]
+
+
+@njit(cache=True)
+def _state(L, R, H, S, dt):
+    """Buffers of one decoder step for R rows."""
+    return (np.empty((L, R, 4 * H), dt), np.empty((L, R, H), dt), np.empty((L, R, H), dt),
+            np.empty((L, R, H), dt), np.zeros((R, S), dt), np.zeros((R, 2 * H), dt),
+            np.zeros((R, H), dt), np.empty((R, H), dt))
+
+
+@njit(cache=True)
+def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
+    """Argmax decoding (lowest id on ties) until EOS or max_len.
+
+    Returns tokens (B, max_len), lengths (B,), scores (B,), attention (B, max_len, S).
+    """
+    B, S = src.shape
+    enc = encoder_forward(w, src, src_len)
+    keys, keys_proj = enc[5], enc[6]
+    h, c = final_state(enc[2], enc[4])                                # (L, B, H)
+    L, _, H = h.shape
+    dt = keys.dtype
+    h_tilde = np.zeros((B, H), dt)
+    tokens = np.full((B, max_len), pad, np.int64)
+    lengths = np.zeros(B, np.int64)
+    scores = np.zeros(B, dt)
+    attention = np.zeros((B, max_len, S), dt)
+    y = np.full(B, bos, np.int64)
+    done = np.zeros(B, np.bool_)
+    src_row = np.arange(B)
+    gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, B, H, S, dt)
+    for t in range(max_len):
+        log_probs = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
+                                gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
+        for b in range(B):
+            if done[b]:
+                continue
+            v = np.argmax(log_probs[b])                               # first maximum: lowest id
+            tokens[b, t] = v
+            scores[b] += log_probs[b, v]
+            attention[b, t] = a[b]
+            lengths[b] = t + 1
+            y[b] = v
+            if v == eos:
+                done[b] = True
+        if done.all():
+            break
+        h, h_new = h_new, h
+        c, c_new = c_new, c
+        h_tilde, h_tilde_new = h_tilde_new, h_tilde
+    return tokens, lengths, scores, attention
+
+
+@njit(cache=True)
+def top_tokens(log_probs, M, top, taken):
+    """The M best ids of log_probs (V,) into top, best first, lowest id on ties (O(V M))."""
+    V = log_probs.shape[0]
+    for v in range(V):
+        taken[v] = False
+    for m in range(M):
+        best = -1
+        for v in range(V):
+            if not taken[v] and (best == -1 or log_probs[v] > log_probs[best]):
+                best = v
+        taken[best] = True
+        top[m] = best
+
+
+@njit(cache=True)
+def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention):
+    """Write the hypothesis that emitted tok_end at step t_end from beam slot k_end."""
+    tokens[b, t_end] = tok_end
+    attention[b, t_end] = hist_att[t_end, b * K + k_end]
+    k = k_end
+    for s in range(t_end - 1, -1, -1):
+        r = b * K + k
+        parent = hist_par[s, r]
+        tokens[b, s] = hist_tok[s, r]
+        attention[b, s] = hist_att[s, b * K + parent]
+        k = parent
+
+
+@njit(cache=True)
+def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
+    """Beam search of width K per source row (see ``decode.beam_search``).
+
+    Candidates: each live beam proposes its min(2K, V) best tokens (stable order:
+    lowest id on ties); all candidates are ranked by summed log-prob, ties by
+    (beam, rank). An EOS among the first K candidates finishes a hypothesis; the
+    first K others become the new beams. A row stops once K hypotheses finished,
+    or at max_len, where its live beams count as hypotheses too.
+    Returns tokens, lengths, scores, normalized scores, attention.
+    """
+    B, S = src.shape
+    R = B * K
+    enc = encoder_forward(w, src, src_len)
+    keys, keys_proj = enc[5], enc[6]
+    h0, c0 = final_state(enc[2], enc[4])
+    L, _, H = h0.shape
+    dt = keys.dtype
+    V = w.W_out.shape[0]
+    M = min(2 * K, V)
+    neg_inf = -np.inf
+    src_row = np.empty(R, np.int64)
+    h = np.empty((L, R, H), dt)
+    c = np.empty((L, R, H), dt)
+    for r in range(R):
+        src_row[r] = r // K
+        for k in range(L):
+            for j in range(H):
+                h[k, r, j] = h0[k, r // K, j]
+                c[k, r, j] = c0[k, r // K, j]
+    h_tilde = np.zeros((R, H), dt)
+    y = np.full(R, bos, np.int64)
+    beam_score = np.full(R, neg_inf, dt)
+    for b in range(B):
+        beam_score[b * K] = 0.0                                       # one live beam at the start
+    hist_tok = np.full((max_len, R), pad, np.int64)
+    hist_par = np.zeros((max_len, R), np.int64)
+    hist_att = np.zeros((max_len, R, S), dt)
+    cap = 2 * K
+    fin_t = np.zeros((B, cap), np.int64)
+    fin_k = np.zeros((B, cap), np.int64)
+    fin_score = np.zeros((B, cap), dt)
+    n_fin = np.zeros(B, np.int64)
+    done = np.zeros(B, np.bool_)
+    gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, R, H, S, dt)
+    new_score = np.empty(R, dt)
+    new_par = np.zeros(R, np.int64)
+    new_tok = np.empty(R, np.int64)
+    cand_score = np.empty(K * M, dt)
+    cand_k = np.empty(K * M, np.int64)
+    cand_v = np.empty(K * M, np.int64)
+    top = np.empty(M, np.int64)
+    taken = np.empty(V, np.bool_)
+    t_last = 0
+    for t in range(max_len):
+        t_last = t
+        log_probs = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
+                                gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
+        hist_att[t] = a
+        for b in range(B):
+            n_alive = 0
+            if not done[b]:
+                n_c = 0
+                for k in range(K):
+                    r = b * K + k
+                    if beam_score[r] == neg_inf:
+                        continue
+                    top_tokens(log_probs[r], M, top, taken)
+                    for m in range(M):
+                        v = top[m]
+                        cand_score[n_c] = beam_score[r] + log_probs[r, v]
+                        cand_k[n_c] = k
+                        cand_v[n_c] = v
+                        n_c += 1
+                order = np.argsort(-cand_score[:n_c], kind="mergesort")
+                for j in range(n_c):
+                    i = order[j]
+                    if cand_v[i] == eos:
+                        if j < K:
+                            f = n_fin[b]
+                            fin_t[b, f] = t
+                            fin_k[b, f] = cand_k[i]
+                            fin_score[b, f] = cand_score[i]
+                            n_fin[b] = f + 1
+                    elif n_alive < K:
+                        slot = b * K + n_alive
+                        new_score[slot] = cand_score[i]
+                        new_par[slot] = cand_k[i]
+                        new_tok[slot] = cand_v[i]
+                        n_alive += 1
+                    if j >= K - 1 and n_alive == K:
+                        break
+                if n_fin[b] >= K or n_alive == 0:
+                    done[b] = True
+            for k in range(n_alive, K):                               # dead slots
+                slot = b * K + k
+                new_score[slot] = neg_inf
+                new_par[slot] = 0
+                new_tok[slot] = pad
+        for r in range(R):
+            hist_tok[t, r] = new_tok[r]
+            hist_par[t, r] = new_par[r]
+            beam_score[r] = new_score[r]
+            y[r] = new_tok[r]
+            parent = (r // K) * K + new_par[r]                        # reorder the state
+            for j in range(H):
+                h_tilde[r, j] = h_tilde_new[parent, j]
+                for k in range(L):
+                    h[k, r, j] = h_new[k, parent, j]
+                    c[k, r, j] = c_new[k, parent, j]
+        if done.all():
+            break
+
+    tokens = np.full((B, max_len), pad, np.int64)
+    lengths = np.zeros(B, np.int64)
+    scores = np.zeros(B, dt)
+    normalized = np.zeros(B, dt)
+    attention = np.zeros((B, max_len, S), dt)
+    for b in range(B):
+        best_key = neg_inf
+        best = -1                                                     # index into finished, or cap + slot
+        for f in range(n_fin[b]):
+            n = fin_t[b, f] + 1
+            key = fin_score[b, f] / n if length_normalize else fin_score[b, f]
+            if best == -1 or key > best_key:
+                best_key, best = key, f
+        if not done[b]:                                               # max_len reached: live beams count
+            for k in range(K):
+                r = b * K + k
+                if beam_score[r] == neg_inf:
+                    continue
+                key = beam_score[r] / (t_last + 1) if length_normalize else beam_score[r]
+                if best == -1 or key > best_key:
+                    best_key, best = key, cap + k
+        if best < cap:
+            t_end = fin_t[b, best]
+            _backtrack(b, K, t_end, fin_k[b, best], eos, hist_tok, hist_par, hist_att, tokens, attention)
+            scores[b] = fin_score[b, best]
+        else:
+            r = b * K + best - cap
+            t_end = t_last
+            _backtrack(b, K, t_end, hist_par[t_end, r], hist_tok[t_end, r], hist_tok, hist_par, hist_att,
+                       tokens, attention)
+            scores[b] = beam_score[r]
+        lengths[b] = t_end + 1
+        normalized[b] = scores[b] / lengths[b]
+    return tokens, lengths, scores, normalized, attention

@@ -1,0 +1,189 @@
+"""Decoder kernels: one step (shared by training and decoding), the loop over T, and its backward.
+
+MODEL.md, for t = 1..T:
+
+    u_t        = [Emb_tgt(y_in_t); h~_{t-1}]   (input feeding; Emb_tgt(y_in_t) without)
+    (h_t, c_t) = LSTM_dec(u_t, h_{t-1}, c_{t-1})      top-layer h_t is the query
+    a_t, ctx_t = attention(h_t, keys)
+    h~_t       = tanh(W_c [ctx_t; h_t])               (baseline "none": h~_t = h_t)
+
+Layer 0's weight W_ih = [W_emb | W_feed] is split so that the embedding part of
+every step is one GEMM before the loop: ``xw0 = Emb_tgt(y_in) @ W_emb^T + b``.
+``w`` is the ``Weights`` tuple of ``kernels_model``. Storage is time-major:
+gates (T, L, B, 4H); c, h (T + 1, L, B, H) and h_tilde (T + 1, B, H) whose index 0
+is the initial state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
+from .kernels_lstm import lstm_cell_backward, lstm_cell_forward
+from .kernels_util import add_, add_bias_, column_sum, copy_, swap01, take_layer, zero_
+
+
+@njit(cache=True)
+def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
+    """One decoder step for R rows: writes gates (L, R, 4H), c, tanh_c, h (L, R, H),
+    a (R, S), cat = [ctx; h_top] (R, 2H), q_proj (R, H), h_tilde (R, H).
+
+    xw0 (R, 4H) is layer 0's input projection of the embedding, bias included.
+    """
+    L = w.dec_W_hh.shape[0]
+    H = w.dec_W_hh.shape[2]
+    R = h_tilde.shape[0]
+    for k in range(L):
+        if k == 0:
+            z = h_prev[0] @ w.dec_W_hh[0].T                           # (R, 4H)
+            add_(z, xw0)
+            if w.feeds:
+                add_(z, h_tilde_prev @ w.dec_W_feed.T)
+        else:
+            z = h[k - 1] @ w.dec_W_ih_up[k - 1].T
+            add_bias_(z, w.dec_b[k])
+            add_(z, h_prev[k] @ w.dec_W_hh[k].T)
+        lstm_cell_forward(z, c_prev[k], gates[k], c[k], tanh_c[k], h[k])
+    query = h[L - 1]                                                  # (R, H)
+    if w.mode == NONE:
+        copy_(h_tilde, query)
+        zero_(a)
+        return
+    ctx = np.empty_like(query)
+    attention_forward(w.mode, query, keys, keys_proj, w.att_W_q, w.att_v, w.denom, src_row, src_len,
+                      q_proj, a, ctx)
+    for r in range(R):
+        for j in range(H):
+            cat[r, j] = ctx[r, j]
+            cat[r, H + j] = query[r, j]
+    pre = cat @ w.att_W_c.T                                           # (R, H), no bias
+    for r in range(R):
+        for j in range(H):
+            h_tilde[r, j] = np.tanh(pre[r, j])
+
+
+@njit(cache=True)
+def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
+    """Teacher-forced decoder over all T steps. y_emb (T, B, E); h0, c0 (L, B, H)."""
+    T, B, E = y_emb.shape
+    L, _, H = h0.shape
+    S = keys.shape[1]
+    dt = y_emb.dtype
+    xw0 = y_emb.reshape(T * B, E) @ w.dec_W_emb.T                    # all steps in one GEMM
+    add_bias_(xw0, w.dec_b[0])
+    xw0 = xw0.reshape(T, B, 4 * H)
+    gates = np.empty((T, L, B, 4 * H), dt)
+    c = np.empty((T + 1, L, B, H), dt)
+    tanh_c = np.empty((T, L, B, H), dt)
+    h = np.empty((T + 1, L, B, H), dt)
+    a = np.zeros((T, B, S), dt)
+    cat = np.zeros((T, B, 2 * H), dt)
+    q_proj = np.zeros((T, B, H), dt)
+    h_tilde = np.empty((T + 1, B, H), dt)
+    for k in range(L):
+        copy_(h[0, k], h0[k])
+        copy_(c[0, k], c0[k])
+    zero_(h_tilde[0])
+    src_row = np.arange(B)
+    for t in range(T):
+        decoder_step(w, xw0[t], h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
+                     gates[t], c[t + 1], tanh_c[t], h[t + 1], a[t], cat[t], q_proj[t], h_tilde[t + 1])
+    return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
+
+
+@njit(cache=True)
+def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde,
+                     dh_tilde_out):
+    """Backpropagation through the T decoder steps.
+
+    dh_tilde_out (T, B, H): dL/dh~_t from the generator. Per step only the recurrent
+    work runs; the weight gradients are one GEMM each over all T*B rows afterwards.
+    Returns (dy_emb (T, B, E), dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k,
+    dv_a, dkeys (B, S, H), dh0, dc0 (L, B, H)).
+    """
+    T, L, B, H4 = gates.shape
+    H = H4 // 4
+    E = y_emb.shape[2]
+    S = keys.shape[1]
+    dt = y_emb.dtype
+    one = np.ones(1, dt)[0]
+    mode = w.mode
+    dz = np.zeros((L, T, B, 4 * H), dt)
+    dpre = np.zeros((T, B, H), dt)                                    # dL/d(W_c [ctx; h])
+    de = np.zeros((T, B, S), dt)
+    dctx = np.zeros((T, B, H), dt)
+    dq_proj = np.zeros((T, B, H), dt)
+    dkeys_proj = np.zeros((B, S, H), dt)
+    dv_a = np.zeros(w.att_v.shape[0], dt)
+    dh = np.zeros((L, B, H), dt)                                      # dL/dh_t per layer
+    dc = np.zeros((L, B, H), dt)
+    dc_prev = np.empty((B, H), dt)
+    dh_tilde_carry = np.zeros((B, H), dt)                             # from u_{t+1} (input feeding)
+    src_row = np.arange(B)
+    for t in range(T - 1, -1, -1):
+        dh_tilde = dh_tilde_out[t].copy()                             # (B, H)
+        add_(dh_tilde, dh_tilde_carry)
+        if mode == NONE:
+            add_(dh[L - 1], dh_tilde)
+        else:
+            ht = h_tilde[t + 1]
+            for b in range(B):
+                for j in range(H):
+                    dpre[t, b, j] = dh_tilde[b, j] * (one - ht[b, j] * ht[b, j])
+            dcat = dpre[t] @ w.att_W_c                                # (B, 2H)
+            dquery = np.empty((B, H), dt)
+            for b in range(B):
+                for j in range(H):
+                    dctx[t, b, j] = dcat[b, j]
+                    dquery[b, j] = dcat[b, H + j]
+            attention_backward(mode, h[t + 1, L - 1], keys, keys_proj, w.att_W_q, w.att_v, w.denom,
+                               src_row, src_len, q_proj[t], a[t], dctx[t], dquery, de[t], dq_proj[t],
+                               dkeys_proj, dv_a)
+            add_(dh[L - 1], dquery)
+        for k in range(L - 1, -1, -1):
+            lstm_cell_backward(dh[k], dc[k], gates[t, k], c[t, k], tanh_c[t, k], dz[k, t], dc_prev)
+            copy_(dc[k], dc_prev)
+            if k > 0:
+                add_(dh[k - 1], dz[k, t] @ w.dec_W_ih_up[k - 1])
+            copy_(dh[k], dz[k, t] @ w.dec_W_hh[k])
+        if w.feeds:
+            dh_tilde_carry = dz[0, t] @ w.dec_W_feed
+
+    # weight gradients: one GEMM per matrix over all T*B rows
+    dW_hh = np.empty((L, 4 * H, H), dt)
+    dW_ih_up = np.empty((max(L - 1, 0), 4 * H, H), dt)
+    db = np.empty((L, 4 * H), dt)
+    for k in range(L):
+        dZk = dz[k].reshape(T * B, 4 * H)
+        h_prev_k = take_layer(h, k, 0, T).reshape(T * B, H)
+        copy_(dW_hh[k], dZk.T @ h_prev_k)
+        db[k] = column_sum(dZk)
+        if k > 0:
+            copy_(dW_ih_up[k - 1], dZk.T @ take_layer(h, k - 1, 1, T + 1).reshape(T * B, H))
+    dZ0 = dz[0].reshape(T * B, 4 * H)
+    dW_emb = dZ0.T @ y_emb.reshape(T * B, E)                          # (4H, E)
+    if w.feeds:
+        dW_feed = dZ0.T @ h_tilde[0:T].reshape(T * B, H)              # (4H, H)
+    else:
+        dW_feed = np.zeros((4 * H, 0), dt)
+    dy_emb = (dZ0 @ w.dec_W_emb).reshape(T, B, E)
+    dh0 = dh
+    dc0 = dc
+
+    if mode == NONE:
+        dW_c = np.zeros((0, 0), dt)
+        dW_q = np.zeros((0, 0), dt)
+        dW_k = np.zeros((0, 0), dt)
+        dkeys = np.zeros_like(keys)
+    else:
+        dW_c = dpre.reshape(T * B, H).T @ cat.reshape(T * B, 2 * H)   # (H, 2H)
+        query = take_layer(h, L - 1, 1, T + 1)                        # (T, B, H)
+        dkeys, dW_k = attention_keys_backward(mode, swap01(a), swap01(de), swap01(dctx), swap01(query),
+                                              keys, w.att_W_k, w.denom, dkeys_proj)
+        if mode == CONCAT:
+            dW_q = dq_proj.reshape(T * B, H).T @ query.reshape(T * B, H)
+        else:
+            dW_q = np.zeros((0, 0), dt)
+    return dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k, dv_a, dkeys, dh0, dc0

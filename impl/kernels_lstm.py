@@ -1,0 +1,140 @@
+"""LSTM kernels: one cell, and one encoder layer over time, each forward beside its backward.
+
+MODEL.md, gate order i, f, g, o as in PyTorch:
+
+    z  = W_ih x + b_ih + W_hh h + b_hh
+    i, f, g, o = sigma(z_i), sigma(z_f), tanh(z_g), sigma(z_o)
+    c' = f * c + i * g,   h' = o * tanh(c')
+
+Arrays are time-major inside the kernels, ``(S, B, .)``, so that one time
+step is a contiguous ``(B, .)`` block for the recurrent matrix product.
+Kernels never check their input: the API in ``model.py`` does. Scalar
+constants are taken in the arrays' dtype (``one``) so that the float32 path
+stays float32, jitted or not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels_util import add_, add_bias_, column_sum, zero_
+
+
+# -- one cell --------------------------------------------------------------------
+
+@njit(cache=True)
+def lstm_cell_forward(z, c_prev, gates, c, tanh_c, h):
+    """From pre-activations ``z (B, 4H)`` and ``c_prev (B, H)`` write gates (B, 4H), c, tanh(c), h (B, H)."""
+    B, H = c_prev.shape
+    one = np.ones(1, z.dtype)[0]
+    for b in range(B):
+        for j in range(H):
+            i = one / (one + np.exp(-z[b, j]))
+            f = one / (one + np.exp(-z[b, H + j]))
+            g = np.tanh(z[b, 2 * H + j])
+            o = one / (one + np.exp(-z[b, 3 * H + j]))
+            gates[b, j] = i
+            gates[b, H + j] = f
+            gates[b, 2 * H + j] = g
+            gates[b, 3 * H + j] = o
+            c_new = f * c_prev[b, j] + i * g
+            t = np.tanh(c_new)
+            c[b, j] = c_new
+            tanh_c[b, j] = t
+            h[b, j] = o * t
+
+
+@njit(cache=True)
+def lstm_cell_backward(dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
+    """Given dL/dh' and dL/dc' (B, H) at the cell's outputs, write dL/dz (B, 4H) and dL/dc (B, H).
+
+    dc_total = dc' + dh' * o * (1 - tanh(c')^2)
+    dz_i = dc_total * g * i(1-i)       dz_f = dc_total * c * f(1-f)
+    dz_g = dc_total * i * (1-g^2)      dz_o = dh' * tanh(c') * o(1-o)
+    dc   = dc_total * f
+    (dL/dh and dL/dx are dz @ W_hh and dz @ W_ih, done by the caller as GEMMs.)
+    """
+    B, H = c_prev.shape
+    one = np.ones(1, dz.dtype)[0]
+    for b in range(B):
+        for j in range(H):
+            i = gates[b, j]
+            f = gates[b, H + j]
+            g = gates[b, 2 * H + j]
+            o = gates[b, 3 * H + j]
+            t = tanh_c[b, j]
+            dcell = dc[b, j] + dh[b, j] * o * (one - t * t)
+            dz[b, j] = dcell * g * (i * (one - i))
+            dz[b, H + j] = dcell * c_prev[b, j] * (f * (one - f))
+            dz[b, 2 * H + j] = dcell * i * (one - g * g)
+            dz[b, 3 * H + j] = dh[b, j] * t * (o * (one - o))
+            dc_prev[b, j] = dcell * f
+
+
+# -- one encoder layer over time (state frozen past src_len) ------------------------
+
+@njit(cache=True)
+def lstm_layer_forward(x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
+    """Run one layer over all S steps from the zero state; rows freeze once s >= src_len.
+
+    x (S, B, D_in); bias = b_ih + b_hh (4H,). Writes gates (S, B, 4H), tanh_c (S, B, H),
+    and c, h (S + 1, B, H) whose index 0 is the zero initial state and index s the
+    state after step s. A frozen row copies its previous state (gates and tanh_c 0).
+    """
+    S, B, D_in = x.shape
+    H = W_hh.shape[1]
+    # the input projections of every step in one GEMM: (S*B, D_in) @ (D_in, 4H)
+    xw = x.reshape(S * B, D_in) @ W_ih.T
+    add_bias_(xw, bias)
+    xw = xw.reshape(S, B, 4 * H)
+    zero_(h[0])
+    zero_(c[0])
+    for s in range(S):
+        z = h[s] @ W_hh.T                                             # (B, 4H)
+        add_(z, xw[s])
+        lstm_cell_forward(z, c[s], gates[s], c[s + 1], tanh_c[s], h[s + 1])
+        for b in range(B):
+            if s >= src_len[b]:                                       # frozen: copy the state
+                for j in range(H):
+                    h[s + 1, b, j] = h[s, b, j]
+                    c[s + 1, b, j] = c[s, b, j]
+                    tanh_c[s, b, j] = 0.0
+                for j in range(4 * H):
+                    gates[s, b, j] = 0.0
+
+
+@njit(cache=True)
+def lstm_layer_backward(x, W_ih, W_hh, src_len, gates, c, tanh_c, h, dh_out, dh_last, dc_last):
+    """Backpropagation through time of ``lstm_layer_forward``.
+
+    dh_out (S, B, H): dL/dh_s from outside the recurrence (attention or the layer above),
+    index s - 1 for step s. dh_last, dc_last (B, H): dL/d(h_S, c_S) (the decoder's
+    initial state). Returns dx (S, B, D_in), dW_ih, dW_hh, dbias (one GEMM each over all
+    steps). A frozen step passes its gradients straight to the previous state.
+    """
+    S, B, D_in = x.shape
+    H = W_hh.shape[1]
+    dz = np.empty((S, B, 4 * H), x.dtype)
+    dh = dh_last.copy()                                               # dL/dh_s, (B, H)
+    dc = dc_last.copy()                                               # dL/dc_s, (B, H)
+    dc_prev = np.empty_like(dc)
+    for s in range(S - 1, -1, -1):
+        add_(dh, dh_out[s])
+        lstm_cell_backward(dh, dc, gates[s], c[s], tanh_c[s], dz[s], dc_prev)
+        dh_prev = dz[s] @ W_hh                                        # (B, H)
+        for b in range(B):
+            if s >= src_len[b]:                                       # frozen: identity
+                for j in range(H):
+                    dh_prev[b, j] = dh[b, j]
+                    dc_prev[b, j] = dc[b, j]
+                for j in range(4 * H):
+                    dz[s, b, j] = 0.0
+        dh = dh_prev
+        dc, dc_prev = dc_prev, dc
+    dz2 = dz.reshape(S * B, 4 * H)
+    dW_ih = dz2.T @ x.reshape(S * B, D_in)                            # (4H, D_in)
+    dW_hh = dz2.T @ h[:S].reshape(S * B, H)                           # (4H, H)
+    dbias = column_sum(dz2)
+    dx = (dz2 @ W_ih).reshape(S, B, D_in)
+    return dx, dW_ih, dW_hh, dbias

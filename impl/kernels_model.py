@@ -1,0 +1,244 @@
+"""Whole-model kernels: embeddings, encoder stack, generator and loss, forward and backward.
+
+``Weights`` carries the parameters in the layout the kernels want (layers
+stacked, the two LSTM biases summed, layer 0 of the decoder split into its
+embedding and input-feeding columns, W_a split into its query and key halves);
+``model.py`` packs a MODEL.md parameter dict into it and unpacks the gradients.
+
+What is batched into large matrix products (everything that does not depend on
+the recurrence): embedding look-ups; each encoder layer's input projection over
+all S steps; the embedding part of the decoder's layer-0 projection over all T
+steps; the key projections of general/concat; the generator over all B*T rows;
+and in backward every weight gradient (one GEMM over all steps) and the
+gradient flowing back to the inputs of each layer.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from .kernels_attention import project_keys
+from .kernels_decoder import decoder_backward, decoder_forward
+from .kernels_lstm import lstm_layer_backward, lstm_layer_forward
+from .kernels_util import add_bias_, column_sum, copy_, swap01
+
+Weights = namedtuple("Weights", [
+    "mode",         # int, kernels_attention.MODES[score]
+    "feeds",        # bool, input feeding
+    "denom",        # scalar of the dtype: sqrt(H) for scaled_dot, else 1
+    "emb_src",      # (V_src, E)
+    "enc_W_ih0",    # (4H, E)
+    "enc_W_ih_up",  # (L-1, 4H, H)
+    "enc_W_hh",     # (L, 4H, H)
+    "enc_b",        # (L, 4H) = bias_ih + bias_hh
+    "emb_tgt",      # (V_tgt, E)
+    "dec_W_emb",    # (4H, E): embedding columns of decoder weight_ih_l0
+    "dec_W_feed",   # (4H, H) input-feeding columns of weight_ih_l0, (4H, 0) without
+    "dec_W_ih_up",  # (L-1, 4H, H)
+    "dec_W_hh",     # (L, 4H, H)
+    "dec_b",        # (L, 4H)
+    "att_W_q",      # (H, H) concat: W_a[:, :H]; else (0, 0)
+    "att_W_k",      # (H, H) general: W_a; concat: W_a[:, H:]; else (0, 0)
+    "att_v",        # (H,) concat: v_a; else (0,)
+    "att_W_c",      # (H, 2H); (0, 0) for the baseline
+    "W_out",        # (V_tgt, H)
+    "b_out",        # (V_tgt,)
+])
+
+
+# -- embeddings ---------------------------------------------------------------------
+
+@njit(cache=True)
+def embed_time_major(table, ids):
+    """ids (B, S) -> table[ids] as (S, B, E)."""
+    B, S = ids.shape
+    out = np.empty((S, B, table.shape[1]), table.dtype)
+    E = table.shape[1]
+    for s in range(S):
+        for b in range(B):
+            for j in range(E):
+                out[s, b, j] = table[ids[b, s], j]
+    return out
+
+
+@njit(cache=True)
+def embed_backward(d_out, ids, V):
+    """Scatter-add d_out (S, B, E) into the rows ids (B, S) of a (V, E) gradient, in a fixed order."""
+    S, B, E = d_out.shape
+    grad = np.zeros((V, E), d_out.dtype)
+    for s in range(S):
+        for b in range(B):
+            for j in range(E):
+                grad[ids[b, s], j] += d_out[s, b, j]
+    return grad
+
+
+# -- generator and loss -------------------------------------------------------------
+
+@njit(cache=True)
+def log_softmax_rows(x, probs):
+    """In place, per row: x - max - log(sum(exp(x - max))). If probs has rows, also
+    store softmax(x) = exp(x - max) / sum there (for backward, saving a second exp)."""
+    N, V = x.shape
+    keep = probs.shape[0] > 0
+    for n in range(N):
+        m = x[n, 0]
+        for v in range(1, V):
+            m = max(m, x[n, v])
+        total = np.zeros(1, x.dtype)[0]
+        for v in range(V):
+            e = np.exp(x[n, v] - m)
+            total += e
+            if keep:
+                probs[n, v] = e
+        lse = np.log(total)
+        for v in range(V):
+            x[n, v] = (x[n, v] - m) - lse
+            if keep:
+                probs[n, v] = probs[n, v] / total
+
+
+@njit(cache=True)
+def generator_forward(h_tilde, W_out, b_out, keep_probs):
+    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out), one GEMM over all N rows;
+    probs (N, V) = softmax as well when keep_probs (else an empty array)."""
+    log_probs = h_tilde @ W_out.T
+    add_bias_(log_probs, b_out)
+    if keep_probs:
+        probs = np.empty_like(log_probs)
+    else:
+        probs = np.empty((0, 0), log_probs.dtype)
+    log_softmax_rows(log_probs, probs)
+    return log_probs, probs
+
+
+@njit(cache=True)
+def generator_backward(h_tilde, W_out, probs, labels, pad, count):
+    """dlogits = (softmax - onehot(label)) / count on non-PAD rows, 0 on PAD rows.
+
+    Returns dW_out = dlogits^T @ h~, db_out, dh~ = dlogits @ W_out (GEMMs over all N rows).
+    """
+    N, V = probs.shape
+    dlogits = np.zeros_like(probs)
+    one = np.ones(1, probs.dtype)[0]
+    for n in range(N):
+        y = labels[n]
+        if y != pad:
+            for v in range(V):
+                dlogits[n, v] = probs[n, v] / count
+            dlogits[n, y] = (probs[n, y] - one) / count
+    dW_out = dlogits.T @ h_tilde                                      # (V, H)
+    db_out = column_sum(dlogits)
+    dh_tilde = dlogits @ W_out                                        # (N, H)
+    return dW_out, db_out, dh_tilde
+
+
+# -- encoder stack ------------------------------------------------------------------
+
+@njit(cache=True)
+def encoder_forward(w, src, src_len):
+    """Embed and run the L encoder layers (each over all S steps before the next).
+
+    Returns x (S, B, E); per layer gates (L, S, B, 4H), c, h (L, S + 1, B, H),
+    tanh_c (L, S, B, H); keys (B, S, H) = top-layer outputs; keys_proj.
+    """
+    B, S = src.shape
+    L, H4, H = w.enc_W_hh.shape
+    dt = w.emb_src.dtype
+    x = embed_time_major(w.emb_src, src)                              # (S, B, E)
+    gates = np.empty((L, S, B, H4), dt)
+    c = np.empty((L, S + 1, B, H), dt)
+    tanh_c = np.empty((L, S, B, H), dt)
+    h = np.empty((L, S + 1, B, H), dt)
+    for k in range(L):
+        if k == 0:
+            lstm_layer_forward(x, w.enc_W_ih0, w.enc_W_hh[0], w.enc_b[0], src_len, gates[0], c[0], tanh_c[0], h[0])
+        else:
+            lstm_layer_forward(h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_W_hh[k], w.enc_b[k], src_len,
+                               gates[k], c[k], tanh_c[k], h[k])
+    keys = swap01(h[L - 1, 1:])                                  # (B, S, H)
+    keys_proj = project_keys(w.mode, keys, w.att_W_k)
+    return x, gates, c, tanh_c, h, keys, keys_proj
+
+
+@njit(cache=True)
+def final_state(enc_c, enc_h):
+    """The encoder's final (h, c) of every layer, (L, B, H) each: the decoder's initial state."""
+    L, S1, B, H = enc_h.shape
+    h0 = np.empty((L, B, H), enc_h.dtype)
+    c0 = np.empty((L, B, H), enc_h.dtype)
+    for k in range(L):
+        copy_(h0[k], enc_h[k, S1 - 1])
+        copy_(c0[k], enc_c[k, S1 - 1])
+    return h0, c0
+
+
+@njit(cache=True)
+def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, dc_final):
+    """Backward through the encoder stack, top layer first, into the source embeddings."""
+    L, H4, H = w.enc_W_hh.shape
+    dW_hh = np.empty_like(w.enc_W_hh)
+    dW_ih_up = np.empty_like(w.enc_W_ih_up)
+    db = np.empty_like(w.enc_b)
+    dh_out = swap01(dkeys)                                       # (S, B, H)
+    for k in range(L - 1, 0, -1):
+        dx, dW_ih, dW_hh_k, db_k = lstm_layer_backward(
+            h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], h[k],
+            dh_out, dh_final[k], dc_final[k])
+        copy_(dW_ih_up[k - 1], dW_ih)
+        copy_(dW_hh[k], dW_hh_k)
+        db[k] = db_k
+        dh_out = dx
+    dx, dW_ih0, dW_hh_0, db_0 = lstm_layer_backward(
+        x, w.enc_W_ih0, w.enc_W_hh[0], src_len, gates[0], c[0], tanh_c[0], h[0], dh_out, dh_final[0], dc_final[0])
+    copy_(dW_hh[0], dW_hh_0)
+    db[0] = db_0
+    demb_src = embed_backward(dx, src, w.emb_src.shape[0])
+    return demb_src, dW_ih0, dW_ih_up, dW_hh, db
+
+
+# -- the whole model ----------------------------------------------------------------
+
+@njit(cache=True)
+def model_forward(w, src, src_len, y_in, keep_probs):
+    """Encoder, teacher-forced decoder and generator.
+
+    Returns (enc, y_emb, dec, h_tilde_bt, log_probs, probs), the caches backward needs,
+    with h_tilde_bt (B*T, H), log_probs and probs (B*T, V) in batch-major row order
+    (probs empty unless keep_probs).
+    """
+    B, T = y_in.shape
+    enc = encoder_forward(w, src, src_len)
+    x, gates, c, tanh_c, h, keys, keys_proj = enc
+    h0, c0 = final_state(c, h)
+    y_emb = embed_time_major(w.emb_tgt, y_in)                         # (T, B, E)
+    dec = decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len)
+    h_tilde = dec[7]
+    H = h_tilde.shape[2]
+    h_tilde_bt = swap01(h_tilde[1:]).reshape(B * T, H)           # (B*T, H)
+    log_probs, probs = generator_forward(h_tilde_bt, w.W_out, w.b_out, keep_probs)   # (B*T, V)
+    return enc, y_emb, dec, h_tilde_bt, log_probs, probs
+
+
+@njit(cache=True)
+def model_backward(w, src, src_len, y_in, y_out, pad, count, enc, y_emb, dec, h_tilde_bt, log_probs, probs):
+    """All gradients of loss = sum of -log p over non-PAD labels / count, as one tuple."""
+    B, T = y_in.shape
+    x, e_gates, e_c, e_tanh_c, e_h, keys, keys_proj = enc
+    gates, c, tanh_c, h, a, cat, q_proj, h_tilde = dec
+    H = h_tilde.shape[2]
+    dW_out, db_out, dh_tilde_bt = generator_backward(h_tilde_bt, w.W_out, probs, y_out.reshape(B * T),
+                                                     pad, count)
+    dh_tilde = swap01(dh_tilde_bt.reshape(B, T, H))              # (T, B, H)
+    (dy_emb, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b, dW_c, dW_q, dW_k, dv_a, dkeys,
+     dh0, dc0) = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj,
+                                  h_tilde, dh_tilde)
+    demb_tgt = embed_backward(dy_emb, y_in, w.emb_tgt.shape[0])
+    demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b = encoder_backward(
+        w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, dkeys, dh0, dc0)
+    return (demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b,
+            demb_tgt, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b,
+            dW_q, dW_k, dv_a, dW_c, dW_out, db_out)

@@ -1,0 +1,82 @@
+"""Small loop helpers shared by the kernels.
+
+They replace NumPy array expressions inside the kernels: each array expression
+is compiled afresh at every call site (slow cold compilation), while one of
+these helpers is compiled once per signature and reused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def add_(out, x):
+    """out += x, both (N, M)."""
+    N, M = out.shape
+    for n in range(N):
+        for m in range(M):
+            out[n, m] += x[n, m]
+
+
+@njit(cache=True)
+def add_bias_(out, bias):
+    """out[n] += bias for every row n of out (N, M)."""
+    N, M = out.shape
+    for n in range(N):
+        for m in range(M):
+            out[n, m] += bias[m]
+
+
+@njit(cache=True)
+def copy_(out, x):
+    """out[...] = x, both (N, M)."""
+    N, M = out.shape
+    for n in range(N):
+        for m in range(M):
+            out[n, m] = x[n, m]
+
+
+@njit(cache=True)
+def zero_(out):
+    """out[...] = 0 for a 2-D out."""
+    N, M = out.shape
+    for n in range(N):
+        for m in range(M):
+            out[n, m] = 0.0
+
+
+@njit(cache=True)
+def swap01(x):
+    """(A, B, X) -> contiguous (B, A, X)."""
+    A, B, X = x.shape
+    out = np.empty((B, A, X), x.dtype)
+    for i in range(A):
+        for j in range(B):
+            for m in range(X):
+                out[j, i, m] = x[i, j, m]
+    return out
+
+
+@njit(cache=True)
+def take_layer(h, k, t0, t1):
+    """Contiguous copy of h[t0:t1, k] for h (T, L, B, H): (t1 - t0, B, H)."""
+    _, _, B, H = h.shape
+    out = np.empty((t1 - t0, B, H), h.dtype)
+    for t in range(t0, t1):
+        for b in range(B):
+            for j in range(H):
+                out[t - t0, b, j] = h[t, k, b, j]
+    return out
+
+
+@njit(cache=True)
+def column_sum(m):
+    """Sum over the rows of m (N, M), in a fixed order (deterministic)."""
+    out = np.zeros(m.shape[1], m.dtype)
+    N, M = m.shape
+    for n in range(N):
+        for j in range(M):
+            out[j] += m[n, j]
+    return out
