@@ -1,0 +1,8 @@
+"""The properties that bind an implementation to the specification (see base.py for the format).
+
+Importing this package registers every property in ``REGISTRY``, in a stable order.
+"""
+
+from .base import REGISTRY, Measure, Property, PropertyFailure, register, require, require_close
+
+__all__ = ["REGISTRY", "Measure", "Property", "PropertyFailure", "register", "require", "require_close"]

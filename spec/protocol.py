@@ -1,0 +1,113 @@
+"""The implementation protocol: what the properties and the conformance kit ask of a model.
+
+The properties of ``attnspec.spec.properties`` take an ``Implementation`` as
+their argument and never reach inside it, so the same code checks attnspec's
+Numba model, the bundled PyTorch model, or anyone's own code through a small
+adapter. Subclass ``Implementation`` and override what your code can do; a
+method left as it is raises ``NotImplementedError`` and the properties that
+need it are skipped (reported as such, never as passed).
+
+Arrays go in and come out as NumPy arrays in the configuration's dtype
+(``config.dtype``; ``attention`` takes the dtype of ``query``). Parameters
+are dicts keyed by MODEL.md's names (``spec.config.param_shapes``).
+
+Example
+-------
+An adapter around a PyTorch attention function ``my_attention(q, k, mask)``::
+
+    class Mine(Implementation):
+        name = "mine"
+        scores = ("dot",)
+
+        def attention(self, score, query, keys, mask, W_a=None, v_a=None):
+            w, c = my_attention(torch.from_numpy(query), torch.from_numpy(keys),
+                                torch.from_numpy(mask))
+            return w.numpy(), c.numpy()
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .config import BASELINE, DTYPES, SCORES
+
+
+class ForwardOutput(NamedTuple):
+    """loss (scalar), log_probs [B, T, V_tgt], attention [B, T, S] (zeros for the baseline)."""
+
+    loss: float
+    log_probs: np.ndarray
+    attention: np.ndarray
+
+
+class DecodeOutput(NamedTuple):
+    """tokens [B, max_len] (PAD after ``lengths``), lengths [B] (EOS counted when emitted),
+    scores [B] (summed log-probabilities of the emitted tokens), attention [B, max_len, S]."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    scores: np.ndarray
+    attention: np.ndarray
+
+
+class Implementation:
+    """An attention seq2seq implementation under test. Override what it supports.
+
+    Attributes
+    ----------
+    name : str
+        Shown in reports.
+    scores : tuple of str
+        The score functions it implements (a subset of SCORES + ("none",)).
+    dtypes : tuple of str
+        The dtypes it computes in ("float64", "float32").
+    """
+
+    name: str = "unnamed"
+    scores: tuple[str, ...] = SCORES + (BASELINE,)
+    dtypes: tuple[str, ...] = DTYPES
+
+    def attention(self, score: str, query, keys, mask, W_a=None, v_a=None):
+        """One attention step for a batch of queries.
+
+        Parameters
+        ----------
+        score : str
+            A name of SCORES.
+        query : [B, H];  keys : [B, S, H]
+        mask : bool [B, S]
+            True at valid positions. Always a prefix: ``mask[b, s] = s < src_len[b]``
+            with ``src_len[b] >= 1``, as MODEL.md's mask is.
+        W_a, v_a : parameters of ``general`` ([H, H]) and ``concat`` ([H, 2H], [H]).
+
+        Returns
+        -------
+        weights : [B, S], exactly 0 where ``mask`` is False;  ctx : [B, H]
+        """
+        raise NotImplementedError
+
+    def forward(self, params, config, src, src_len, tgt) -> ForwardOutput:
+        """Teacher-forced forward pass of MODEL.md: loss, log-probabilities, attention."""
+        raise NotImplementedError
+
+    def loss_and_grads(self, params, config, src, src_len, tgt) -> tuple[float, dict]:
+        """The loss and its gradient with respect to every named parameter."""
+        raise NotImplementedError
+
+    def greedy_decode(self, params, config, src, src_len, max_len: int) -> DecodeOutput:
+        """Greedy decoding from BOS until EOS or ``max_len`` tokens."""
+        raise NotImplementedError
+
+    def beam_search(self, params, config, src, src_len, beam_size: int, max_len: int,
+                    length_normalize: bool = False) -> DecodeOutput:
+        """Beam search; ``beam_size = 1`` is greedy decoding."""
+        raise NotImplementedError
+
+    def supports(self, method: str) -> bool:
+        """Whether ``method`` is overridden (implemented) by this class."""
+        return getattr(type(self), method) is not getattr(Implementation, method)
+
+    def __repr__(self) -> str:
+        return f"<Implementation {self.name}>"
