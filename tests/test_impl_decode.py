@@ -14,19 +14,10 @@ import pytest
 from attnspec.impl.decode import beam_search, greedy_decode
 from attnspec.impl.model import forward, init_params
 from attnspec.spec.config import Config
+from attnspec.spec.compare import assert_close
 
 SCORES = ("dot", "scaled_dot", "general", "concat", "none")
 FIELDS = ("tokens", "lengths", "scores", "normalized_scores", "attention")
-
-
-def assert_close(actual, expected, rtol, atol, what=""):
-    """|actual - expected| <= atol + rtol |expected| elementwise; the message shows the worst element."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
-    if excess.size and excess.max() > 0:
-        i = np.unravel_index(np.argmax(excess), excess.shape)
-        raise AssertionError(f"{what}: worst at {i}: {actual[i]!r} vs {expected[i]!r}")
 
 
 def model(score="dot", L=2, V_tgt=9, seed=3, **kw):
@@ -87,15 +78,15 @@ def test_greedy_matches_teacher_forced_forward(score):
     src, src_len = source()
     g = greedy_decode(p, cfg, src, src_len, 7)
     scores, attention, log_probs = teacher_forced(p, cfg, src, src_len, g)
-    assert_close(g.scores, scores, 1e-12, 1e-13, "scores")
-    assert_close(g.attention, attention, 1e-12, 1e-14, "attention")
+    assert_close(g.scores, scores, rtol=1e-12, atol=1e-13, name="scores")
+    assert_close(g.attention, attention, rtol=1e-12, atol=1e-14, name="attention")
     for b in range(len(src)):
         n = g.lengths[b]
         assert np.array_equal(g.tokens[b, :n], log_probs[b, :n].argmax(axis=1))   # fed back the argmax
         assert (g.tokens[b, n - 1] == cfg.eos_id) or n == 7
         assert np.all(g.tokens[b, :n - 1] != cfg.eos_id) and np.all(g.tokens[b, n:] == cfg.pad_id)
         assert np.all(g.attention[b, n:] == 0.0) and np.all(g.attention[b, :, src_len[b]:] == 0.0)
-    assert_close(g.normalized_scores, g.scores / g.lengths, 1e-15, 0, "normalized")
+    assert_close(g.normalized_scores, g.scores / g.lengths, rtol=1e-15, atol=0, name="normalized")
 
 
 @pytest.mark.parametrize("score", ["dot", "concat"])
@@ -104,9 +95,9 @@ def test_beam_hypotheses_match_teacher_forced_forward(score):
     src, src_len = source()
     res = beam_search(p, cfg, src, src_len, 3, 7)
     scores, attention, _ = teacher_forced(p, cfg, src, src_len, res)
-    assert_close(res.scores, scores, 1e-12, 1e-13, "scores")
-    assert_close(res.attention, attention, 1e-12, 1e-14, "attention")
-    assert_close(res.attention.sum(axis=2), (np.arange(7)[None] < res.lengths[:, None]) * 1.0, 0, 1e-14, "sum")
+    assert_close(res.scores, scores, rtol=1e-12, atol=1e-13, name="scores")
+    assert_close(res.attention, attention, rtol=1e-12, atol=1e-14, name="attention")
+    assert_close(res.attention.sum(axis=2), (np.arange(7)[None] < res.lengths[:, None]) * 1.0, rtol=0, atol=1e-14, name="sum")
 
 
 def exhaustive_best(p, cfg, src, src_len, max_len, normalize):
@@ -139,7 +130,7 @@ def test_wide_beam_finds_the_exhaustive_optimum(normalize):
     for b in range(2):
         seq, score = exhaustive_best(p, cfg, src[b:b + 1], src_len[b:b + 1], max_len, normalize)
         assert tuple(res.tokens[b, :res.lengths[b]]) == seq
-        assert_close(res.scores[b], score, 1e-12, 1e-13, "score")
+        assert_close(res.scores[b], score, rtol=1e-12, atol=1e-13, name="score")
 
 
 def test_beam_search_is_deterministic_and_float32_runs():

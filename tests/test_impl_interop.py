@@ -21,20 +21,9 @@ import pytest
 
 from attnspec.impl.interop import from_state_dict, to_state_dict
 from attnspec.spec.config import SCORES, Config, param_shapes
+from attnspec.spec.compare import assert_close
 
 RTOL64 = 1e-10
-
-
-def assert_close(actual, expected, rtol, name, atol=None):
-    """Allclose with ``atol = rtol * max|expected|`` by default; the message shows the worst entry."""
-    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    if atol is None:
-        atol = rtol * float(np.max(np.abs(expected), initial=0.0))
-    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
-    if excess.size and excess.max() > 0:
-        i = np.unravel_index(np.argmax(excess), excess.shape)
-        raise AssertionError(f"{name}: worst at {i}: {actual[i]!r} vs {expected[i]!r} (rtol {rtol}, atol {atol:.3g})")
 
 
 def random_params(config, seed=0, scale=0.5):
@@ -171,7 +160,7 @@ def test_torch_loss_and_grads_agree_with_numba(score, L, feed):
     assert t_loss == pytest.approx(n_loss, rel=RTOL64, abs=0)
     assert set(n_grads) == set(t_grads)
     for k in t_grads:
-        assert_close(n_grads[k], t_grads[k], RTOL64, f"grad {k}")
+        assert_close(n_grads[k], t_grads[k], rtol=RTOL64, name=f"grad {k}")
     assert any(np.abs(g).max() > 1e-3 for g in t_grads.values())  # the comparison is not of zeros
 
 
@@ -190,10 +179,10 @@ def test_torch_forward_agrees_with_numba(score):
     n = forward(params, cfg, *batch)
     T = batch[2].shape[1] - 1
     label = batch[2][:, 1:] != cfg.pad_id  # padded steps are free to differ
-    assert_close(np.asarray(n.log_probs)[label], t.log_probs.numpy()[label], RTOL64, "log_probs", atol=RTOL64)
+    assert_close(np.asarray(n.log_probs)[label], t.log_probs.numpy()[label], rtol=RTOL64, atol=RTOL64, name="log_probs")
     if score != "none":
         assert t.attention.shape == (4, T, 6)
-        assert_close(np.asarray(n.attention)[label], t.attention.numpy()[label], RTOL64, "attention", atol=RTOL64)
+        assert_close(np.asarray(n.attention)[label], t.attention.numpy()[label], rtol=RTOL64, atol=RTOL64, name="attention")
         past_len = np.broadcast_to(np.arange(6)[None, None, :] >= batch[1][:, None, None], (4, T, 6))
         assert np.all(t.attention.numpy()[past_len] == 0)
 
@@ -221,7 +210,7 @@ def test_torch_float32_agrees_with_float64_reference():
     assert loss32 == pytest.approx(loss64, rel=1e-4)
     for k in grads64:
         assert grads32[k].dtype == np.float32
-        assert_close(grads32[k], grads64[k], 1e-3, f"grad {k}")
+        assert_close(grads32[k], grads64[k], rtol=1e-3, name=f"grad {k}")
 
 
 def test_torch_numpy_torch_round_trip_is_lossless():

@@ -20,20 +20,10 @@ import pytest
 from attnspec.impl.model import forward, init_params, loss_and_grads
 from attnspec.spec import equations as eq
 from attnspec.spec.config import Config, param_shapes
+from attnspec.spec.compare import assert_close
 
 SCORES = ("dot", "scaled_dot", "general", "concat", "none")
 FLOAT_OPS = eq.Ops(exp=math.exp, log=math.log, tanh=math.tanh, sqrt=math.sqrt)
-
-
-def assert_close(actual, expected, rtol, atol, what=""):
-    """|actual - expected| <= atol + rtol |expected| elementwise; the message shows the worst element."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
-    if excess.size and excess.max() > 0:
-        i = np.unravel_index(np.argmax(excess), excess.shape)
-        raise AssertionError(f"{what}: worst at {i}: {actual[i]!r} vs {expected[i]!r} "
-                             f"(rtol={rtol}, atol={atol})")
 
 
 def make_batch(config, rng, B=3, S=5, T=4):
@@ -135,9 +125,9 @@ def test_forward_matches_model_equations(score, L):
     src, src_len, tgt = make_batch(cfg, rng)
     res = forward(p, cfg, src, src_len, tgt)
     loss, log_probs, attention = reference_forward(p, cfg, src.tolist(), src_len, tgt.tolist())
-    assert_close(res.loss, loss, 1e-12, 0, "loss")
-    assert_close(res.log_probs, log_probs, 1e-12, 1e-13, "log_probs")
-    assert_close(res.attention, attention, 1e-12, 1e-14, "attention")
+    assert_close(res.loss, loss, rtol=1e-12, atol=0, name="loss")
+    assert_close(res.log_probs, log_probs, rtol=1e-12, atol=1e-13, name="log_probs")
+    assert_close(res.attention, attention, rtol=1e-12, atol=1e-14, name="attention")
 
 
 def test_zero_parameters_give_uniform_distributions():
@@ -146,11 +136,11 @@ def test_zero_parameters_give_uniform_distributions():
     p = {k: np.zeros_like(v) for k, v in init_params(cfg, 0).items()}
     src, src_len, tgt = make_batch(cfg, np.random.default_rng(0))
     res = forward(p, cfg, src, src_len, tgt)
-    assert_close(res.loss, math.log(cfg.V_tgt), 1e-15, 0, "loss")
-    assert_close(res.log_probs, np.full(res.log_probs.shape, -math.log(cfg.V_tgt)), 1e-15, 0, "log_probs")
+    assert_close(res.loss, math.log(cfg.V_tgt), rtol=1e-15, atol=0, name="loss")
+    assert_close(res.log_probs, np.full(res.log_probs.shape, -math.log(cfg.V_tgt)), rtol=1e-15, atol=0, name="log_probs")
     S = src.shape[1]
     expected = (np.arange(S)[None, None, :] < src_len[:, None, None]) / src_len[:, None, None]
-    assert_close(res.attention, np.broadcast_to(expected, res.attention.shape), 1e-15, 0, "attention")
+    assert_close(res.attention, np.broadcast_to(expected, res.attention.shape), rtol=1e-15, atol=0, name="attention")
 
 
 # -- gradients against finite differences ---------------------------------------------
@@ -181,7 +171,7 @@ def test_gradients_match_central_differences(score, L, feeding):
             up = forward(q, cfg, src, src_len, tgt).loss
             q[name][idx] = value[idx] - step
             down = forward(q, cfg, src, src_len, tgt).loss
-            assert_close(grads[name][idx], (up - down) / (2 * step), 1e-6, 1e-8, f"{name}{idx}")
+            assert_close(grads[name][idx], (up - down) / (2 * step), rtol=1e-6, atol=1e-8, name=f"{name}{idx}")
 
 
 def test_gradient_of_a_source_id_past_src_len_is_zero():
@@ -203,7 +193,7 @@ def test_masked_weights_are_exactly_zero_and_rows_sum_to_one(score):
     a = forward(init_params(cfg, 0), cfg, src, src_len, tgt).attention
     for b in range(4):
         assert np.all(a[b, :, src_len[b]:] == 0.0)
-    assert_close(a.sum(axis=2), np.ones(a.shape[:2]), 0, 4e-16 * 6, "sum_s a")
+    assert_close(a.sum(axis=2), np.ones(a.shape[:2]), rtol=0, atol=4e-16 * 6, name="sum_s a")
 
 
 @pytest.mark.parametrize("score", ["scaled_dot", "general", "none"])
@@ -224,7 +214,7 @@ def test_extra_pad_columns_change_nothing(score):
     _, g1 = loss_and_grads(p, cfg, src, src_len, tgt)
     _, g2 = loss_and_grads(p, cfg, wide, src_len, tgt)
     for name in g1:
-        assert_close(g2[name], g1[name], 1e-13, 1e-16, name)
+        assert_close(g2[name], g1[name], rtol=1e-13, atol=1e-16, name=name)
 
 
 def test_batch_rows_are_independent():
@@ -240,13 +230,13 @@ def test_batch_rows_are_independent():
     combined = {n: np.zeros_like(v) for n, v in p.items()}
     for b in range(3):
         row = forward(p, cfg, src[b:b + 1], src_len[b:b + 1], tgt[b:b + 1])
-        assert_close(row.log_probs[0], res.log_probs[b], 1e-13, 1e-14, f"log_probs row {b}")
-        assert_close(row.attention[0], res.attention[b], 1e-13, 1e-15, f"attention row {b}")
+        assert_close(row.log_probs[0], res.log_probs[b], rtol=1e-13, atol=1e-14, name=f"log_probs row {b}")
+        assert_close(row.attention[0], res.attention[b], rtol=1e-13, atol=1e-15, name=f"attention row {b}")
         _, g = loss_and_grads(p, cfg, src[b:b + 1], src_len[b:b + 1], tgt[b:b + 1])
         for n in g:
             combined[n] += g[n] * counts[b] / counts.sum()
     for n in grads:
-        assert_close(grads[n], combined[n], 1e-12, 1e-15, n)
+        assert_close(grads[n], combined[n], rtol=1e-12, atol=1e-15, name=n)
 
 
 def test_results_are_deterministic():
@@ -274,14 +264,14 @@ def test_float32_agrees_with_float64(score):
     batch = make_batch(c64, np.random.default_rng(4), B=4, S=7, T=6)
     r64, r32 = forward(p64, c64, *batch), forward(p32, c32, *batch)
     assert r32.log_probs.dtype == np.float32 and r32.attention.dtype == np.float32
-    assert_close(r32.loss, r64.loss, 1e-5, 0, "loss")
-    assert_close(r32.log_probs, r64.log_probs, 0, 1e-5, "log_probs")
-    assert_close(r32.attention, r64.attention, 0, 1e-5, "attention")
+    assert_close(r32.loss, r64.loss, rtol=1e-5, atol=0, name="loss")
+    assert_close(r32.log_probs, r64.log_probs, rtol=0, atol=1e-5, name="log_probs")
+    assert_close(r32.attention, r64.attention, rtol=0, atol=1e-5, name="attention")
     _, g64 = loss_and_grads(p64, c64, *batch)
     _, g32 = loss_and_grads(p32, c32, *batch)
     for n in g64:
         assert g32[n].dtype == np.float32
-        assert_close(g32[n], g64[n], 0, 1e-5 * max(np.abs(g64[n]).max(), 1e-3), n)
+        assert_close(g32[n], g64[n], rtol=0, atol=1e-5 * max(np.abs(g64[n]).max(), 1e-3), name=n)
 
 
 # -- overflow -------------------------------------------------------------------------
@@ -302,7 +292,7 @@ def test_huge_scores_and_logits_do_not_overflow(score, dtype):
     assert np.isfinite(res.loss) and np.isfinite(loss)
     assert np.all(np.isfinite(res.log_probs)) and np.all(res.log_probs <= 0)
     assert all(np.all(np.isfinite(g)) for g in grads.values())
-    assert_close(res.attention.sum(axis=2), np.ones(res.attention.shape[:2]), 0, 1e-5, "sum_s a")
+    assert_close(res.attention.sum(axis=2), np.ones(res.attention.shape[:2]), rtol=0, atol=1e-5, name="sum_s a")
     assert res.attention.max() > 0.99                                 # the softmax really saturated
 
 
@@ -386,9 +376,9 @@ def test_kernels_run_without_the_jit(score):
     cfg = Config(V_src=7, V_tgt=8, E=3, H=4, L=2, score=score)
     loss, g = loss_and_grads(init_params(cfg, 9), cfg, np.array([[3, 4, 5], [6, 3, 0]]), np.array([3, 2]),
                              np.array([[1, 4, 5, 2], [1, 3, 2, 0]]))
-    assert_close(nojit["loss"], loss, 1e-12, 0, "loss")
+    assert_close(nojit["loss"], loss, rtol=1e-12, atol=0, name="loss")
     for n in g:
-        assert_close(np.array(nojit[n]), g[n], 1e-12, 1e-15, n)
+        assert_close(np.array(nojit[n]), g[n], rtol=1e-12, atol=1e-15, name=n)
 
 
 # -- against the high-precision oracle ----------------------------------------------------
@@ -406,6 +396,6 @@ def test_loss_and_gradients_match_the_oracle(score, L, feeding):
     batch = make_batch(cfg, np.random.default_rng(0), B=2, S=3, T=3)
     ref = oracle.evaluate(p, cfg, *batch, dps=30).as_float64()
     loss, grads = loss_and_grads(p, cfg, *batch)
-    assert_close(loss, ref.loss, 1e-12, 0, "loss")
+    assert_close(loss, ref.loss, rtol=1e-12, atol=0, name="loss")
     for n in grads:
-        assert_close(grads[n], ref.grads[n], 0, 1e-10 * np.abs(ref.grads[n]).max(), n)
+        assert_close(grads[n], ref.grads[n], rtol=0, atol=1e-10 * np.abs(ref.grads[n]).max(), name=n)
