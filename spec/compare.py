@@ -53,12 +53,12 @@ def assert_close(actual, expected, *, rtol: float, atol: float | None = None, na
         atol = rtol * float(np.max(np.abs(expected), initial=0.0))
     if not np.all(np.isfinite(actual)):
         i = np.unravel_index(np.argmax(~np.isfinite(actual)), actual.shape)
-        raise AssertionError(f"{name}: non-finite value {actual[i]!r} at index {i}")
+        raise AssertionError(f"{name}: non-finite value {float(actual[i])!r} at index {i}")
     excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
     if excess.size and excess.max() > 0:
         i = np.unravel_index(np.argmax(excess), excess.shape)
         raise AssertionError(
             f"{name}: worst element at index {tuple(int(j) for j in i)}: "
-            f"{actual[i]!r} vs expected {expected[i]!r} "
+            f"{float(actual[i])!r} vs expected {float(expected[i])!r} "
             f"(|diff| {abs(actual[i] - expected[i]):.3g}, rtol {rtol:g}, atol {atol:.3g})"
         )

@@ -51,7 +51,7 @@ def require_close(actual, expected, *, rtol: float, atol: float | None = None, n
         raise PropertyFailure(f"{name}: shape {actual.shape} != expected {expected.shape}")
     if not np.all(np.isfinite(actual)):
         i = np.unravel_index(np.argmax(~np.isfinite(actual)), actual.shape)
-        raise PropertyFailure(f"{name}: non-finite value {actual[i]!r} at index {tuple(map(int, i))}",
+        raise PropertyFailure(f"{name}: non-finite value {float(actual[i])!r} at index {tuple(map(int, i))}",
                               Measure(float("inf"), float("inf")))
     measure = Measure(*max_errors(actual, expected))
     if atol is None:
@@ -60,8 +60,8 @@ def require_close(actual, expected, *, rtol: float, atol: float | None = None, n
     if excess.size and excess.max() > 0:
         i = np.unravel_index(np.argmax(excess), excess.shape)
         raise PropertyFailure(
-            f"{name}: worst element at index {tuple(int(j) for j in i)}: {actual[i]!r} vs expected "
-            f"{expected[i]!r} (|diff| {abs(actual[i] - expected[i]):.3g}, rtol {rtol:g}, atol {atol:.3g})",
+            f"{name}: worst element at index {tuple(int(j) for j in i)}: {float(actual[i])!r} vs expected "
+            f"{float(expected[i])!r} (|diff| {abs(actual[i] - expected[i]):.3g}, rtol {rtol:g}, atol {atol:.3g})",
             measure,
         )
     return measure
