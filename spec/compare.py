@@ -53,7 +53,7 @@ def assert_close(actual, expected, *, rtol: float, atol: float | None = None, na
         atol = rtol * float(np.max(np.abs(expected), initial=0.0))
     if not np.all(np.isfinite(actual)):
         i = np.unravel_index(np.argmax(~np.isfinite(actual)), actual.shape)
-        raise AssertionError(f"{name}: non-finite value {float(actual[i])!r} at index {i}")
+        raise AssertionError(f"{name}: non-finite value {float(actual[i])!r} at index {tuple(int(j) for j in i)}")
     excess = np.abs(actual - expected) - (atol + rtol * np.abs(expected))
     if excess.size and excess.max() > 0:
         i = np.unravel_index(np.argmax(excess), excess.shape)
