@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..spec.protocol import DecodeOutput, ForwardOutput, Implementation
 from . import decode, model
 from .attention import attention
+from .lstm import lstm_cell
 
 
 class NumbaImplementation(Implementation):
@@ -29,3 +30,20 @@ class NumbaImplementation(Implementation):
     def beam_search(self, params, config, src, src_len, beam_size, max_len, length_normalize=False):
         r = decode.beam_search(params, config, src, src_len, beam_size, max_len, length_normalize)
         return DecodeOutput(r.tokens, r.lengths, r.scores, r.attention)
+
+    def lstm_cell(self, x, h, c, W_ih, W_hh, b_ih, b_hh):
+        return lstm_cell(x, h, c, W_ih, W_hh, b_ih, b_hh)
+
+
+def resolve(target: str | None) -> Implementation:
+    """The implementation to check: None or ``"numba"`` is attnspec's own, ``"torch"`` the
+    bundled PyTorch model, anything else ``module:name`` / ``file.py:name`` (spec.protocol.load)."""
+    from ..spec.protocol import load
+
+    if target in (None, "numba"):
+        return NumbaImplementation()
+    if target == "torch":
+        from .torch_model import TorchImplementation
+
+        return TorchImplementation()
+    return load(target)

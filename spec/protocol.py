@@ -105,9 +105,69 @@ class Implementation:
         """Beam search; ``beam_size = 1`` is greedy decoding."""
         raise NotImplementedError
 
+    def lstm_cell(self, x, h, c, W_ih, W_hh, b_ih, b_hh):
+        """One step of MODEL.md's LSTM cell for a batch (optional: only the gate properties need it).
+
+        Parameters
+        ----------
+        x : [B, D];  h, c : [B, H]
+            Input and previous state, all in the dtype of ``x``.
+        W_ih : [4H, D];  W_hh : [4H, H];  b_ih, b_hh : [4H]
+
+        Returns
+        -------
+        h_new, c_new : [B, H]
+        gates : [B, 4H]
+            (i, f, g, o) = (sigma, sigma, tanh, sigma)(W_ih x + b_ih + W_hh h + b_hh), in that order.
+        """
+        raise NotImplementedError
+
     def supports(self, method: str) -> bool:
         """Whether ``method`` is overridden (implemented) by this class."""
         return getattr(type(self), method) is not getattr(Implementation, method)
 
     def __repr__(self) -> str:
         return f"<Implementation {self.name}>"
+
+
+def load(target: str) -> Implementation:
+    """The implementation named by ``target``: ``"package.module:name"`` or ``"path/to/file.py:name"``.
+
+    ``name`` may be an ``Implementation`` instance, a subclass (instantiated
+    with no arguments) or a function returning an instance.
+
+    Examples
+    --------
+    >>> load("attnspec.spec.protocol:Implementation").name
+    'unnamed'
+    """
+    import importlib
+    import importlib.util
+    import pathlib
+
+    if not isinstance(target, str) or target.count(":") != 1:
+        raise ValueError(f"target: expected 'module:name' or 'file.py:name', got {target!r}")
+    where, name = target.split(":")
+    if where.endswith(".py"):
+        path = pathlib.Path(where)
+        if not path.is_file():
+            raise ValueError(f"target: no such file {where!r}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"target: cannot import module {where!r} ({exc})") from None
+    if not hasattr(module, name):
+        raise ValueError(f"target: module {where!r} has no attribute {name!r}")
+    obj = getattr(module, name)
+    if isinstance(obj, type):
+        obj = obj() if issubclass(obj, Implementation) else obj
+    elif callable(obj) and not isinstance(obj, Implementation):
+        obj = obj()  # a factory function
+    if not isinstance(obj, Implementation):
+        raise ValueError(f"target: {target!r} is not an attnspec.spec.protocol.Implementation "
+                         f"(got {type(obj).__name__}); see docs/conformance.md")
+    return obj
