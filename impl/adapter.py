@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..spec.protocol import DecodeOutput, ForwardOutput, Implementation
 from . import decode, model
-from .attention import attention
+from .attention import attention, attention_vjp
 from .lstm import lstm_cell
 
 
@@ -15,6 +15,9 @@ class NumbaImplementation(Implementation):
 
     def attention(self, score, query, keys, mask, W_a=None, v_a=None):
         return attention(score, query, keys, mask, W_a=W_a, v_a=v_a)
+
+    def attention_vjp(self, score, query, keys, mask, g_ctx, W_a=None, v_a=None):
+        return attention_vjp(score, query, keys, mask, g_ctx, W_a=W_a, v_a=v_a)
 
     def forward(self, params, config, src, src_len, tgt):
         r = model.forward(params, config, src, src_len, tgt)

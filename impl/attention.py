@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ..spec.config import SCORES
-from .kernels_attention import MODES, attention_forward, project_keys
+from .kernels_attention import (CONCAT, GENERAL, MODES, attention_backward, attention_forward,
+                                attention_keys_backward, project_keys)
 
 
 def _float_array(name: str, x, ndim: int, dtype=None) -> np.ndarray:
@@ -64,6 +66,35 @@ def attention(score: str, query, keys, mask, W_a=None, v_a=None) -> tuple[np.nda
     >>> w.tolist(), ctx.tolist()
     ([[1.0, 0.0]], [[0.8, 0.2]])
     """
+    k = _prepare(score, query, keys, mask, W_a, v_a)
+    attention_forward(k.mode, k.query, k.keys, k.keys_proj, k.W_q, k.v_a, k.denom, np.arange(k.B), k.src_len,
+                      k.q_proj, k.weights, k.ctx)
+    return k.weights, k.ctx
+
+
+class _Step(NamedTuple):
+    """Validated inputs of one attention step, laid out as the kernels take them, and output buffers."""
+
+    mode: int
+    query: np.ndarray       # (B, H)
+    keys: np.ndarray        # (B, S, H)
+    keys_proj: np.ndarray   # (B, S, H) for general/concat, empty otherwise
+    W_q: np.ndarray         # (H, H) concat's query half of W_a, empty otherwise
+    W_k: np.ndarray         # (H, H) W_a (general) or its key half (concat), empty otherwise
+    v_a: np.ndarray         # (H,) concat, empty otherwise
+    denom: float            # sqrt(H) for scaled_dot, else 1
+    src_len: np.ndarray     # (B,)
+    q_proj: np.ndarray      # (B, H) buffer
+    weights: np.ndarray     # (B, S) buffer
+    ctx: np.ndarray         # (B, H) buffer
+
+    @property
+    def B(self) -> int:
+        return self.query.shape[0]
+
+
+def _prepare(score: str, query, keys, mask, W_a, v_a) -> _Step:
+    """Validate the public arguments (clear errors naming them) and lay them out for the kernels."""
     if score not in SCORES:
         raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
     query = _float_array("query", query, 2)
@@ -94,6 +125,57 @@ def attention(score: str, query, keys, mask, W_a=None, v_a=None) -> tuple[np.nda
     denom = dt.type(math.sqrt(H) if score == "scaled_dot" else 1.0)
     mode = MODES[score]
     keys_proj = project_keys(mode, keys, W_k)
-    weights, ctx, q_proj = np.zeros((B, S), dt), np.zeros((B, H), dt), np.zeros((B, H), dt)
-    attention_forward(mode, query, keys, keys_proj, W_q, v, denom, np.arange(B), src_len, q_proj, weights, ctx)
-    return weights, ctx
+    return _Step(mode, query, keys, keys_proj, W_q, W_k, v, denom, src_len,
+                 np.zeros((B, H), dt), np.zeros((B, S), dt), np.zeros((B, H), dt))
+
+
+def attention_vjp(score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> dict[str, np.ndarray]:
+    """Backward of ``attention`` for L = sum g_ctx * ctx: the gradients of the scores and of every input.
+
+        g_s = k_s . g_ctx,   dL/de_s = a_s (g_s - sum_j a_j g_j)   (0 at masked s)
+
+    and the chain rule through ``score`` for the query, keys and W_a, v_a; the
+    same kernels as the model's backward pass (T = 1 step).
+
+    Parameters
+    ----------
+    score, query, keys, mask, W_a, v_a : as for ``attention``
+    g_ctx : float array [B, H], query's dtype
+
+    Returns
+    -------
+    dict: ``"scores"`` [B, S], ``"query"`` [B, H], ``"keys"`` [B, S, H], and
+    ``"W_a"`` (general, concat), ``"v_a"`` (concat) in their shapes.
+
+    Examples
+    --------
+    >>> g = attention_vjp("dot", np.array([[0.7, 0.3]]), np.array([[[0.8, 0.2], [0.0, 0.0]]]),
+    ...                   np.array([[True, True]]), np.array([[1.0, 0.0]]))
+    >>> abs(float(g["scores"].sum())) < 1e-16   # sum_s a_s (g_s - <a, g>) = 0
+    True
+    """
+    k = _prepare(score, query, keys, mask, W_a, v_a)
+    dt = k.query.dtype
+    B, S, H = k.keys.shape
+    g_ctx = _float_array("g_ctx", g_ctx, 2, dt)
+    if g_ctx.shape != (B, H):
+        raise ValueError(f"g_ctx: expected shape {(B, H)} (ctx's), got {g_ctx.shape}")
+    rows = np.arange(B)
+    attention_forward(k.mode, k.query, k.keys, k.keys_proj, k.W_q, k.v_a, k.denom, rows, k.src_len,
+                      k.q_proj, k.weights, k.ctx)
+    de, dquery, dq_proj = np.zeros((B, S), dt), np.zeros((B, H), dt), np.zeros((B, H), dt)
+    dkeys_proj, dv_a = np.zeros((B, S, H), dt), np.zeros(k.v_a.shape[0], dt)
+    attention_backward(k.mode, k.query, k.keys, k.keys_proj, k.W_q, k.v_a, k.denom, rows, k.src_len,
+                       k.q_proj, k.weights, g_ctx, dquery, de, dq_proj, dkeys_proj, dv_a)
+    # The key gradients are batched over decoder steps in the model: here one step, T = 1.
+    dkeys, dW_k = attention_keys_backward(k.mode, k.weights.reshape(B, 1, S), de.reshape(B, 1, S),
+                                          g_ctx.reshape(B, 1, H), k.query.reshape(B, 1, H), k.keys, k.W_k,
+                                          k.denom, dkeys_proj)
+    grads = {"scores": de, "query": dquery, "keys": dkeys}
+    if k.mode == GENERAL:
+        grads["W_a"] = dW_k
+    elif k.mode == CONCAT:
+        dW_q = dq_proj.T @ k.query                                    # z = W_q h + W_k k
+        grads["W_a"] = np.concatenate([dW_q, dW_k], axis=1)           # W_a = [W_q | W_k]
+        grads["v_a"] = dv_a
+    return grads

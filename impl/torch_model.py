@@ -200,3 +200,155 @@ class TorchSeq2Seq(nn.Module):
 def loss_and_grads(params, config: Config, src, src_len, tgt) -> tuple[float, dict[str, np.ndarray]]:
     """PyTorch's loss and autograd gradients for ``params``, with ``impl.model.loss_and_grads``'s signature."""
     return TorchSeq2Seq.from_params(params, config).loss_and_grads(src, src_len, tgt)
+
+
+# -- the conformance protocol -------------------------------------------------------------
+
+import functools  # noqa: E402
+
+from attnspec.spec.protocol import DecodeOutput, ForwardOutput, Implementation  # noqa: E402
+
+
+def attend(score: str, q, k, mask, W_a=None, v_a=None):
+    """One attention step in torch: ``(e, a, ctx)`` for queries (B, H), keys (B, S, H), a bool mask (B, S)."""
+    H = q.shape[-1]
+    if score == "concat":
+        z = (q @ W_a[:, :H].T).unsqueeze(1) + k @ W_a[:, H:].T  # (B, S, H)
+        e = torch.tanh(z) @ v_a  # (B, S)
+    else:
+        kk = k @ W_a.T if score == "general" else k  # general: h^T W_a k = h . (W_a k)
+        e = torch.einsum("bh,bsh->bs", q, kk)
+        if score == "scaled_dot":
+            e = e / math.sqrt(H)
+    a = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-1)  # exp(-inf) = 0 at masked s
+    ctx = torch.einsum("bs,bsh->bh", a, k)
+    return e, a, ctx
+
+
+def _one_thread(method):
+    """Run ``method`` with one intra-op thread, then restore the caller's setting.
+
+    The protocol's tensors are tiny (a few rows of a few units): a second
+    thread brings only wake-up and spin costs, which made ``attnspec check
+    torch`` over ten times slower on a busy two-core machine.
+    """
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper
+
+
+class TorchImplementation(Implementation):
+    """The bundled PyTorch model seen through ``spec.protocol`` (``attnspec check torch``).
+
+    Attention and its backward are ``attend`` and torch autograd; the model is
+    ``TorchSeq2Seq`` with ``loss.backward()``; the LSTM cell is written out
+    from its equations, since ``nn.LSTM`` does not expose its gates. Greedy
+    decoding feeds the argmax back through the same modules; beam search is
+    not provided, so the properties that need it are skipped.
+    """
+
+    name = "attnspec.impl.torch_model (PyTorch)"
+
+    @staticmethod
+    def _tensors(score, query, keys, mask, W_a, v_a, requires_grad=False):
+        def t(x):
+            if x is None:
+                return None
+            x = torch.tensor(np.asarray(x))
+            return x.requires_grad_() if requires_grad and x.is_floating_point() else x
+        if score not in ("dot", "scaled_dot", "general", "concat"):
+            raise ValueError(f"score: expected one of dot, scaled_dot, general, concat, got {score!r}")
+        return t(query), t(keys), torch.tensor(np.asarray(mask, dtype=bool)), t(W_a), t(v_a)
+
+    @_one_thread
+    def attention(self, score, query, keys, mask, W_a=None, v_a=None):
+        q, k, m, Wa, va = self._tensors(score, query, keys, mask, W_a, v_a)
+        with torch.no_grad():
+            _, a, ctx = attend(score, q, k, m, Wa, va)
+        return a.numpy(), ctx.numpy()
+
+    @_one_thread
+    def attention_vjp(self, score, query, keys, mask, g_ctx, W_a=None, v_a=None):
+        q, k, m, Wa, va = self._tensors(score, query, keys, mask, W_a, v_a, requires_grad=True)
+        e, _, ctx = attend(score, q, k, m, Wa, va)
+        e.retain_grad()
+        ctx.backward(torch.tensor(np.asarray(g_ctx)))
+        grads = {"scores": e.grad.masked_fill(~m, 0.0), "query": q.grad, "keys": k.grad}
+        if Wa is not None:
+            grads["W_a"] = Wa.grad
+        if va is not None:
+            grads["v_a"] = va.grad
+        return {n: g.detach().numpy() for n, g in grads.items()}
+
+    @_one_thread
+    def forward(self, params, config, src, src_len, tgt):
+        model = TorchSeq2Seq.from_params(params, config)
+        with torch.no_grad():
+            out = model(src, src_len, tgt)
+        B, T = out.log_probs.shape[:2]
+        attention = (out.attention.numpy() if out.attention is not None
+                     else np.zeros((B, T, np.asarray(src).shape[1]), dtype=config.dtype))
+        return ForwardOutput(float(out.loss), out.log_probs.numpy(), attention)
+
+    @_one_thread
+    def loss_and_grads(self, params, config, src, src_len, tgt):
+        return loss_and_grads(params, config, src, src_len, tgt)
+
+    @_one_thread
+    def greedy_decode(self, params, config, src, src_len, max_len):
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+            raise ValueError(f"max_len: expected an int >= 1, got {max_len!r}")
+        c = config
+        model = TorchSeq2Seq.from_params(params, c)
+        B = np.asarray(src).shape[0]
+        dummy_tgt = np.tile(np.array([[c.bos_id, c.eos_id]]), (B, 1))  # validates src and src_len only
+        src_t, len_t, _ = model._as_batch(src, src_len, dummy_tgt)
+        S = src_t.shape[1]
+        dt = getattr(torch, c.dtype)
+        tokens = np.full((B, max_len), c.pad_id, dtype=np.int64)
+        lengths = np.zeros(B, dtype=np.int64)
+        scores = np.zeros(B, dtype=c.dtype)
+        attention = np.zeros((B, max_len, S), dtype=c.dtype)
+        with torch.no_grad():
+            enc, state = model.encoder(src_t, len_t)  # (B, S, H)
+            mask = torch.arange(S).unsqueeze(0) < len_t.unsqueeze(1)
+            keys = model.attention.keys(enc) if c.attention else None
+            y = torch.full((B, 1), c.bos_id, dtype=torch.int64)
+            h_tilde = torch.zeros(B, 1, c.H, dtype=dt)
+            done = np.zeros(B, dtype=bool)
+            for t in range(max_len):
+                u = model.decoder.embedding(y)  # (B, 1, E)
+                if c.feeds_input:
+                    u = torch.cat([u, h_tilde], dim=-1)
+                h, state = model.decoder.lstm(u, state)  # (B, 1, H)
+                h_tilde, a = (model.attention(h, keys, enc, mask) if c.attention else (h, None))
+                log_p = F.log_softmax(model.generator(h_tilde[:, 0]), dim=-1)  # (B, V)
+                best = log_p.argmax(dim=-1)
+                for b in np.flatnonzero(~done):
+                    tokens[b, t] = int(best[b])
+                    scores[b] += log_p[b, best[b]].item()
+                    lengths[b] += 1
+                    if a is not None:
+                        attention[b, t] = a[b, 0].numpy()
+                    done[b] = int(best[b]) == c.eos_id
+                if done.all():
+                    break
+                y = best.unsqueeze(1)
+        return DecodeOutput(tokens, lengths, scores, attention)
+
+    @_one_thread
+    def lstm_cell(self, x, h, c, W_ih, W_hh, b_ih, b_hh):
+        x, h, c, W_ih, W_hh, b_ih, b_hh = (torch.tensor(np.asarray(v)) for v in (x, h, c, W_ih, W_hh, b_ih, b_hh))
+        H = h.shape[1]
+        z = x @ W_ih.T + b_ih + h @ W_hh.T + b_hh  # (B, 4H), gate order i, f, g, o as in nn.LSTM
+        i, f, g, o = (torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H]), torch.tanh(z[:, 2 * H:3 * H]),
+                      torch.sigmoid(z[:, 3 * H:]))
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
+        return h_new.numpy(), c_new.numpy(), torch.cat([i, f, g, o], dim=1).numpy()

@@ -169,6 +169,8 @@ class Progress:
         self.tty = bool(isatty and isatty())
         self.t0 = self.last = time.perf_counter()
         self.tokens, self.losses = 0, []
+        self.note = ""  # extra text at the end of the line, e.g. a held-out accuracy
+        self.shown, self.shown_loss = start, float("nan")  # the step and loss of the last line written
         self.next_line = start + max(1, (total - start) // 10)
 
     def update(self, step: int, loss: float, tokens: int) -> None:
@@ -185,22 +187,37 @@ class Progress:
         else:
             return
         self.stream.flush()
-        self.last, self.losses = now, []
+        self.last, self.losses, self.shown = now, [], step
 
     def _line(self, step: int, now: float) -> str:
         width = 20
         filled = width * step // max(self.total, 1)
         rate = self.tokens / max(now - self.t0, 1e-9)
-        loss = sum(self.losses) / len(self.losses)  # mean since the last report
-        return f"step {step}/{self.total} [{'#' * filled}{'.' * (width - filled)}] loss {loss:.4f} {rate:,.0f} tok/s"
+        # mean since the last report (or that report's, when redrawn with a new note)
+        loss = sum(self.losses) / len(self.losses) if self.losses else self.shown_loss
+        self.shown_loss = loss
+        note = f" {self.note}" if self.note else ""
+        return (f"step {step}/{self.total} [{'#' * filled}{'.' * (width - filled)}] loss {loss:.4f} "
+                f"{rate:,.0f} tok/s{note}")
 
-    def close(self) -> None:
+    def close(self, step: int | None = None) -> None:
+        """End the report; given the last ``step`` (a run that stopped early), show it first."""
+        if self.enabled and step is not None and (step != self.shown or self.tty):
+            line = self._line(step, time.perf_counter())
+            self.stream.write("\r" + line if self.tty else line + "\n")
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
 
 
 # -- the loop ------------------------------------------------------------------
+
+class EvalReport(NamedTuple):
+    """What an ``on_eval`` hook of ``train`` may return."""
+
+    note: str = ""      # shown at the end of the progress line
+    stop: bool = False  # end training after this step (e.g. a target accuracy was reached)
+
 
 class TrainResult(NamedTuple):
     params: dict[str, np.ndarray]
@@ -226,7 +243,7 @@ def _check_count(name: str, value, minimum: int) -> int:
 def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, optimizer: Adam | None = None,
           clip_norm: float | None = 5.0, seed: int = 0, params=None, valid_pairs=None, eval_every: int = 0,
           checkpoint_path=None, checkpoint_every: int = 0, resume_from=None, sort_by_length: bool = True,
-          progress: bool = True, stream=None) -> TrainResult:
+          progress: bool = True, stream=None, on_eval=None) -> TrainResult:
     """Train with Adam and global-norm clipping until ``steps`` updates have been made.
 
     Each step: ``loss, grads = loss_and_grads(...)`` on the next batch, then
@@ -260,6 +277,12 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
         ``clip_norm`` and the data must be those it was written with.
     progress : bool
         Show a progress line on ``stream`` (default stderr).
+    on_eval : callable, optional
+        ``on_eval(step, params)`` is called every ``eval_every`` steps (after
+        the update of that step). It may return an ``EvalReport``: its
+        ``note`` is shown on the progress line, and ``stop=True`` ends
+        training early (the final evaluation and checkpoint still happen, at
+        that step). ``params`` must not be modified.
 
     Returns
     -------
@@ -289,6 +312,10 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
         raise ValueError("checkpoint_path: required when checkpoint_every > 0")
     if params is not None and resume_from is not None:
         raise ValueError("params: give either params or resume_from, not both")
+    if on_eval is not None and not callable(on_eval):
+        raise TypeError(f"on_eval: expected a callable, got {type(on_eval).__name__}")
+    if on_eval is not None and not eval_every:
+        raise ValueError("eval_every: must be > 0 when on_eval is given")
 
     batches = make_batches(train_pairs, config, batch_size, sort_by_length=sort_by_length, seed=seed)
     valid = None
@@ -345,13 +372,22 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
         history["step"].append(step)
         history["loss"].append(float(loss))
         history["grad_norm"].append(norm)
+        stop = False
+        if on_eval is not None and step % eval_every == 0:  # before the progress line, which shows its note
+            report = on_eval(step, params)
+            if report is not None:
+                if not isinstance(report, EvalReport):
+                    raise TypeError(f"on_eval: expected None or an EvalReport, got {type(report).__name__}")
+                bar.note, stop = report.note, bool(report.stop)
         bar.update(step, float(loss), int(np.count_nonzero(batch.tgt[:, 1:] != config.pad_id)))
         if valid is not None and eval_every and step % eval_every == 0:
             run_eval()
+        if stop:
+            break
         if checkpoint_every and step % checkpoint_every == 0:
             save()
             saved_at = step
-    bar.close()
+    bar.close(step)
     if valid is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
         run_eval()
     if checkpoint_path is not None and saved_at != step:

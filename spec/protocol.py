@@ -88,6 +88,28 @@ class Implementation:
         """
         raise NotImplementedError
 
+    def attention_vjp(self, score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> dict:
+        """Backward of ``attention`` for the loss L = sum_{b,j} g_ctx[b, j] ctx[b, j] (optional).
+
+        The model consumes attention only through ctx, so the cotangent of ctx
+        is all its backward needs; dL/de is the softmax backward
+        ``a_s (g_s - sum_j a_j g_j)`` with ``g_s = k_s . g_ctx``.
+
+        Parameters
+        ----------
+        score, query, keys, mask, W_a, v_a : as for ``attention``
+        g_ctx : [B, H], same dtype
+            The cotangent of ctx.
+
+        Returns
+        -------
+        dict with
+            ``"scores"``: dL/de [B, S], exactly 0 where ``mask`` is False (required);
+            ``"query"`` [B, H], ``"keys"`` [B, S, H], ``"W_a"``, ``"v_a"``: dL/d of
+            each input, for the ones the implementation provides (optional).
+        """
+        raise NotImplementedError
+
     def forward(self, params, config, src, src_len, tgt) -> ForwardOutput:
         """Teacher-forced forward pass of MODEL.md: loss, log-probabilities, attention."""
         raise NotImplementedError
