@@ -25,7 +25,7 @@ def _demo(args) -> int:
                              "drop --no-attention/--score")
         from attnspec.impl.compare import compare_bottleneck
 
-        compare_bottleneck(args.task, max_len=args.max_len or 40, steps=args.steps or 4000, seed=args.seed,
+        compare_bottleneck(args.task, max_len=args.max_len or 40, steps=args.steps or 5000, seed=args.seed,
                            out=args.out or "docs", quiet=args.quiet)
         return 0
     result = demo.run_demo(args.task, steps=args.steps, seed=args.seed, score=score,
