@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..spec.config import SCORES
+from ..spec.validate import check_attention_params
 from .kernels_attention import (CONCAT, GENERAL, MODES, attention_backward, attention_forward,
                                 attention_keys_backward, project_keys)
 
@@ -105,23 +106,14 @@ def _prepare(score: str, query, keys, mask, W_a, v_a) -> _Step:
         raise ValueError(f"keys: expected shape ({B}, S, {H}) to match query {query.shape}, got {keys.shape}")
     S = keys.shape[1]
     src_len = src_len_from_mask(mask, B, S)
-    need = {"general": {"W_a": (H, H)}, "concat": {"W_a": (H, 2 * H), "v_a": (H,)}}.get(score, {})
-    given = {"W_a": W_a, "v_a": v_a}
-    for name, value in given.items():
-        if name not in need and value is not None:
-            raise ValueError(f"{name}: not a parameter of score {score!r}")
-        if name in need:
-            if value is None:
-                raise ValueError(f"{name}: required by score {score!r}")
-            given[name] = _float_array(name, value, len(need[name]), dt)
-            if given[name].shape != need[name]:
-                raise ValueError(f"{name}: expected shape {need[name]}, got {given[name].shape}")
+    W_a, v_a = check_attention_params(score, H, W_a, v_a,
+                                      lambda name, value, ndim: _float_array(name, value, ndim, dt))
     empty = np.zeros((0, 0), dt)
     if score == "concat":
-        W_q, W_k = np.ascontiguousarray(given["W_a"][:, :H]), np.ascontiguousarray(given["W_a"][:, H:])
+        W_q, W_k = np.ascontiguousarray(W_a[:, :H]), np.ascontiguousarray(W_a[:, H:])
     else:
-        W_q, W_k = empty, (given["W_a"] if score == "general" else empty)
-    v = given["v_a"] if score == "concat" else np.zeros(0, dt)
+        W_q, W_k = empty, (W_a if score == "general" else empty)
+    v = v_a if score == "concat" else np.zeros(0, dt)
     denom = dt.type(math.sqrt(H) if score == "scaled_dot" else 1.0)
     mode = MODES[score]
     keys_proj = project_keys(mode, keys, W_k)

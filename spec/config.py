@@ -138,6 +138,19 @@ def lstm_param_shapes(prefix: str, in_size: int, H: int, L: int) -> dict[str, tu
     return shapes
 
 
+def attention_param_shapes(score: str, H: int) -> dict[str, tuple[int, ...]]:
+    """The parameters of a score function (MODEL.md's table), by short name: W_a, v_a.
+
+    >>> attention_param_shapes("concat", 3)
+    {'W_a': (3, 6), 'v_a': (3,)}
+    """
+    if score == "general":
+        return {"W_a": (H, H)}
+    if score == "concat":
+        return {"W_a": (H, 2 * H), "v_a": (H,)}
+    return {}
+
+
 def param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Every parameter name of MODEL.md for ``config``, with its shape, in state-dict order.
 
@@ -153,11 +166,8 @@ def param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     shapes["decoder.embedding.weight"] = (c.V_tgt, c.E)
     dec_in = c.E + c.H if c.feeds_input else c.E
     shapes.update(lstm_param_shapes("decoder.lstm", dec_in, c.H, c.L))
-    if c.score == "general":
-        shapes["attention.W_a"] = (c.H, c.H)
-    elif c.score == "concat":
-        shapes["attention.W_a"] = (c.H, 2 * c.H)
-        shapes["attention.v_a"] = (c.H,)
+    for name, shape in attention_param_shapes(c.score, c.H).items():
+        shapes[f"attention.{name}"] = shape
     if c.attention:
         shapes["attention.W_c"] = (c.H, 2 * c.H)
     shapes["generator.weight"] = (c.V_tgt, c.H)

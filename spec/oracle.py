@@ -43,7 +43,7 @@ from .equations import (
     token_loss,
 )
 from .equations import score as score_fn
-from .validate import check_batch, check_params
+from .validate import check_attention_params, check_batch, check_params
 
 __all__ = ["OracleResult", "evaluate", "attention", "finite_difference_grad"]
 
@@ -304,19 +304,10 @@ def attention(score: str, query, keys, src_len: int, W_a=None, v_a=None, dps: in
     S, H = keys.shape
     if isinstance(src_len, bool) or not isinstance(src_len, (int, np.integer)) or not 1 <= src_len <= S:
         raise ValueError(f"src_len: expected an int in [1, S = {S}], got {src_len!r}")
-    expected = {"general": {"W_a": (H, H)}, "concat": {"W_a": (H, 2 * H), "v_a": (H,)}}.get(score, {})
-    given = {"W_a": W_a, "v_a": v_a}
-    for name, value in given.items():
-        if name not in expected and value is not None:
-            raise ValueError(f"{name}: score {score!r} has no parameter {name}")
-        if name in expected:
-            if value is None:
-                raise ValueError(f"{name}: score {score!r} needs {name} of shape {expected[name]}")
-            given[name] = np.asarray(value, dtype=object)
-            if given[name].shape != expected[name]:
-                raise ValueError(f"{name}: expected shape {expected[name]}, got {given[name].shape}")
+    W_a, v_a = check_attention_params(score, H, W_a, v_a,
+                                      lambda name, value, ndim: np.asarray(value, dtype=object))
     with mpmath.workdps(dps):
-        W, v = (None if given[n] is None else _numbers(n, given[n]) for n in ("W_a", "v_a"))
+        W, v = (None if x is None else _numbers(n, x) for n, x in (("W_a", W_a), ("v_a", v_a)))
         K = _numbers("keys", keys)
         queries = _numbers("query", query.reshape(-1, H))
         out = [_attend(MPMATH, score, q, K, int(src_len), W, v) for q in queries]

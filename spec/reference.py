@@ -30,7 +30,7 @@ from . import reference_model as model
 from . import reference_ops as ops
 from .config import SCORES, Config
 from .protocol import DecodeOutput, ForwardOutput, Implementation
-from .validate import check_batch, check_params, check_source
+from .validate import check_attention_params, check_batch, check_params, check_source
 
 __all__ = ["NumpyReference"]
 
@@ -78,18 +78,9 @@ def _check_attention_args(score, query, keys, mask, W_a, v_a):
     if not np.all(mask[:, 0]) or np.any(mask != prefix):
         b = int(np.argmax(~mask[:, 0] | np.any(mask != prefix, axis=1)))
         raise ValueError(f"mask: row {b} is not a non-empty prefix (True for s < src_len, then False)")
-    needed = {"general": {"W_a": (H, H)}, "concat": {"W_a": (H, 2 * H), "v_a": (H,)}}.get(score, {})
-    given = {"W_a": W_a, "v_a": v_a}
-    for name, value in given.items():
-        if name not in needed:
-            if value is not None:
-                raise ValueError(f"{name}: score {score!r} has no parameter {name}")
-            continue
-        if value is None:
-            raise ValueError(f"{name}: score {score!r} needs {name} of shape {needed[name]}")
-        given[name] = _float_array(name, value, len(needed[name]), query.dtype)
-        _check_shape(name, given[name], needed[name])
-    return query, keys, mask, given["W_a"], given["v_a"]
+    W_a, v_a = check_attention_params(score, H, W_a, v_a,
+                                      lambda name, value, ndim: _float_array(name, value, ndim, query.dtype))
+    return query, keys, mask, W_a, v_a
 
 
 def _positive_int(name: str, value) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .config import Config, param_shapes
+from .config import Config, attention_param_shapes, param_shapes
 
 
 def _as_array(name: str, x) -> np.ndarray:
@@ -113,3 +113,25 @@ def check_params(params, config: Config, dtype=None) -> dict[str, np.ndarray]:
             raise ValueError(f"params[{name!r}]: contains NaN or infinity")
         out[name] = a if dtype is None else np.ascontiguousarray(a, dtype=dtype)
     return out
+
+
+def check_attention_params(score: str, H: int, W_a, v_a, as_array):
+    """Check that ``W_a`` and ``v_a`` are given exactly when ``score`` uses them, with its shapes.
+
+    ``as_array(name, value, ndim)`` converts a given value (each caller keeps
+    its own number type: floats of the query's dtype, or the oracle's mpf).
+    Returns ``(W_a, v_a)`` converted, or None where the score has no such parameter.
+    """
+    needed = attention_param_shapes(score, H)
+    given = {"W_a": W_a, "v_a": v_a}
+    for name, value in given.items():
+        if name not in needed:
+            if value is not None:
+                raise ValueError(f"{name}: score {score!r} has no parameter {name}")
+            continue
+        if value is None:
+            raise ValueError(f"{name}: score {score!r} needs {name} of shape {needed[name]}")
+        given[name] = as_array(name, value, len(needed[name]))
+        if given[name].shape != needed[name]:
+            raise ValueError(f"{name}: expected shape {needed[name]}, got {given[name].shape}")
+    return given["W_a"], given["v_a"]

@@ -101,3 +101,32 @@ def test_params_checked_by_name_shape_and_finiteness():
         check_params(p, CFG)
     with pytest.raises(TypeError, match="params"):
         check_params([1, 2], CFG)
+
+
+def _as_float(name, value, ndim):
+    return np.asarray(value, dtype=float)
+
+
+@pytest.mark.parametrize(
+    "score, W_a, v_a, match",
+    [
+        ("dot", np.zeros((2, 2)), None, "W_a: score 'dot' has no parameter"),
+        ("general", None, None, r"W_a: score 'general' needs W_a of shape \(2, 2\)"),
+        ("general", np.zeros((2, 4)), None, r"W_a: expected shape \(2, 2\)"),
+        ("concat", np.zeros((2, 4)), None, "v_a: score 'concat' needs"),
+        ("concat", np.zeros((2, 4)), np.zeros(3), r"v_a: expected shape \(2,\)"),
+    ],
+)
+def test_attention_params_checked_per_score(score, W_a, v_a, match):
+    from attnspec.spec.validate import check_attention_params
+
+    with pytest.raises(ValueError, match=match):
+        check_attention_params(score, 2, W_a, v_a, _as_float)
+
+
+def test_attention_params_pass_through_converted():
+    from attnspec.spec.validate import check_attention_params
+
+    W_a, v_a = check_attention_params("concat", 2, [[1, 2, 3, 4], [5, 6, 7, 8]], [1, 2], _as_float)
+    assert W_a.dtype == v_a.dtype == float and W_a.shape == (2, 4)
+    assert check_attention_params("dot", 2, None, None, _as_float) == (None, None)
