@@ -9,6 +9,8 @@ never as passed.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import os
 import pathlib
@@ -84,7 +86,11 @@ def run(impl, directory=None, *, progress=None) -> VectorResult:
     if importlib.util.find_spec(name) is None:
         return VectorResult(SKIP, note=f"({name} is not installed)")
     vectors = importlib.import_module(name)  # a broken module is an error, not a skip
-    version = str(getattr(vectors, "FORMAT_VERSION", "1"))
+    # The cache is keyed by the very code that defines and writes the cases, so
+    # a changed case list or format is exported anew, never read stale.
+    cases = importlib.import_module(name.rsplit(".", 1)[0] + ".vector_cases")
+    digest = hashlib.sha256((inspect.getsource(vectors) + inspect.getsource(cases)).encode()).hexdigest()[:12]
+    version = f"{getattr(vectors, 'FORMAT_VERSION', '1')}-{digest}"
     directory = cache_dir(version) if directory is None else pathlib.Path(directory)
     start = time.perf_counter()
     if not directory.is_dir() or not any(directory.iterdir()):
