@@ -353,32 +353,46 @@ def test_non_finite_results_raise_instead_of_returning_nan():
 
 # -- without the JIT --------------------------------------------------------------------
 
+def _jit_case_results(score: str) -> dict:
+    """Loss, gradients and both decodings of one small case: the same code with and without the JIT."""
+    from attnspec.impl.decode import beam_search, greedy_decode
+
+    cfg = Config(V_src=7, V_tgt=8, E=3, H=4, L=2, score=score)
+    p = init_params(cfg, 9)
+    src, src_len = np.array([[3, 4, 5], [6, 3, 0]]), np.array([3, 2])
+    loss, g = loss_and_grads(p, cfg, src, src_len, np.array([[1, 4, 5, 2], [1, 3, 2, 0]]))
+    greedy = greedy_decode(p, cfg, src, src_len, max_len=5)
+    beam = beam_search(p, cfg, src, src_len, beam_size=3, max_len=5)
+    return {"loss": loss, **{k: v.tolist() for k, v in g.items()},
+            **{f"{name}.{field}": getattr(r, field).tolist() for name, r in (("greedy", greedy), ("beam", beam))
+               for field in ("tokens", "scores", "attention")}}
+
+
 _NOJIT_SCRIPT = """
 import json, sys
-import numpy as np
-from attnspec.impl.model import init_params, loss_and_grads
-from attnspec.spec.config import Config
-cfg = Config(V_src=7, V_tgt=8, E=3, H=4, L=2, score=sys.argv[1])
-src = np.array([[3, 4, 5], [6, 3, 0]]); tgt = np.array([[1, 4, 5, 2], [1, 3, 2, 0]])
-loss, g = loss_and_grads(init_params(cfg, 9), cfg, src, np.array([3, 2]), tgt)
-print(json.dumps({"loss": loss, **{k: v.tolist() for k, v in g.items()}}))
+sys.path.insert(0, sys.argv[1])
+from test_impl_model import SCORES, _jit_case_results
+print(json.dumps({score: _jit_case_results(score) for score in SCORES}))
 """
 
 
-@pytest.mark.parametrize("score", ["concat"])
-def test_kernels_run_without_the_jit(score):
+def test_kernels_run_without_the_jit():
     # Same operations in pure Python/NumPy: only BLAS vs NumPy summation order
-    # and libm differ, at the ulp level (1e-12 relative).
+    # and libm differ, at the ulp level (1e-12 relative); decoded tokens are equal
+    # unless two log-probabilities tie within that, which these cases do not.
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    out = subprocess.run([sys.executable, "-c", _NOJIT_SCRIPT, score], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", _NOJIT_SCRIPT, os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, check=True).stdout
     nojit = json.loads(out)
-    cfg = Config(V_src=7, V_tgt=8, E=3, H=4, L=2, score=score)
-    loss, g = loss_and_grads(init_params(cfg, 9), cfg, np.array([[3, 4, 5], [6, 3, 0]]), np.array([3, 2]),
-                             np.array([[1, 4, 5, 2], [1, 3, 2, 0]]))
-    assert_close(nojit["loss"], loss, rtol=1e-12, atol=0, name="loss")
-    for n in g:
-        assert_close(np.array(nojit[n]), g[n], rtol=1e-12, atol=1e-15, name=n)
+    for score in SCORES:
+        jit = _jit_case_results(score)
+        assert set(jit) == set(nojit[score])
+        for name, value in jit.items():
+            if name.endswith(".tokens"):
+                assert nojit[score][name] == value, f"{score} {name}"
+            else:
+                assert_close(np.array(nojit[score][name]), np.array(value), rtol=1e-12, atol=1e-15,
+                             name=f"{score} {name}")
 
 
 # -- against the high-precision oracle ----------------------------------------------------
