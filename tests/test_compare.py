@@ -34,3 +34,10 @@ def test_rejects_shape_mismatch_and_non_finite_values():
 def test_max_errors():
     abs_err, rel_err = max_errors([1.0, 2.5], [1.0, 2.0])
     assert abs_err == 0.5 and rel_err == 0.25
+
+
+def test_relative_error_is_on_the_array_scale_not_per_element():
+    # an exact zero expected next to O(1) values: no division by zero's tiny neighbour
+    assert max_errors([1e-17, 1.0], [0.0, 1.0]) == (1e-17, 1e-17)
+    assert max_errors([0.0], [0.0]) == (0.0, 0.0)
+    assert max_errors([1e-300], [0.0])[1] == float("inf")

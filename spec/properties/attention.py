@@ -28,6 +28,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from .. import oracle
+from ..compare import max_errors
 from ..autodiff import AUTODIFF, Var, value_of
 from ..equations import context, masked_softmax
 from ..equations import score as score_fn
@@ -150,17 +151,16 @@ def _require_within(actual, expected, bound, name: str) -> Measure:
         raise PropertyFailure(f"{name}: shape {actual.shape} != expected {expected.shape}")
     if not np.all(np.isfinite(actual)):
         i = tuple(int(j) for j in np.argwhere(~np.isfinite(actual))[0])
-        raise PropertyFailure(f"{name}: non-finite value {actual[i]!r} at index {i}", Measure(math.inf, math.inf))
+        raise PropertyFailure(f"{name}: non-finite value {float(actual[i])!r} at index {i}",
+                              Measure(math.inf, math.inf))
     diff = np.abs(actual - expected)
-    with np.errstate(over="ignore"):  # a relative error against an exact 0 is huge by design
-        rel = diff / np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
-    measure = Measure(float(diff.max(initial=0.0)), float(rel.max(initial=0.0)))
+    measure = Measure(*max_errors(actual, expected))
     excess = diff - bound
     if excess.size and excess.max() > 0:
         i = np.unravel_index(np.argmax(excess / np.maximum(bound, 1e-300)), excess.shape)
         raise PropertyFailure(
-            f"{name}: worst element at index {tuple(int(j) for j in i)}: {actual[i]!r} vs expected "
-            f"{expected[i]!r} (|diff| {diff[i]:.3g} > bound {np.broadcast_to(bound, diff.shape)[i]:.3g})",
+            f"{name}: worst element at index {tuple(int(j) for j in i)}: {float(actual[i])!r} vs expected "
+            f"{float(expected[i])!r} (|diff| {diff[i]:.3g} > bound {np.broadcast_to(bound, diff.shape)[i]:.3g})",
             measure)
     return measure
 
