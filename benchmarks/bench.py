@@ -1,0 +1,440 @@
+"""Side-by-side CPU benchmark of the Numba implementation and the bundled PyTorch model (issue 7).
+
+    python benchmarks/bench.py [--sizes small,medium,large] [--dtypes float32,float64]
+                               [--repeats N] [--quick] [--out docs/performance.md]
+
+In ONE process, on 2 threads (torch intra-op threads and the BLAS of NumPy and
+SciPy, the one Numba calls, via threadpoolctl), for each size and dtype:
+
+- the training step (forward + backward, no optimizer) in target tokens/s:
+  ``attnspec.impl.model.loss_and_grads`` against ``TorchSeq2Seq.loss_and_grads``
+  holding the same parameters (``from_params``, i.e. the same state dict). Before
+  timing, the two losses must agree (rtol 1e-9 in float64, 1e-4 in float32), or
+  the script stops with exit status 3;
+- greedy decoding and beam search (K = 5) in output tokens/s. PyTorch greedy is
+  the protocol's ``TorchImplementation.greedy_decode`` (one thread, a Python loop
+  per row) and a batched greedy loop written here on 2 threads; the ratio
+  against the target uses the faster of the two. PyTorch has no beam search: n/a.
+
+Numba and PyTorch calls alternate inside each repeat (so load from other jobs
+hits both alike); each figure is the median over ``--repeats`` runs after
+warm-up, with the min-max spread. The machine's NumPy GEMM rate (square
+matrices, same dtype, 2 threads) is measured too, and each training step's
+rate in matrix-product FLOPs is reported as a fraction of it (``train_flops``).
+
+Subprocesses measure the cold start (first calls in a fresh process with an
+empty, then a warm, Numba cache in a temporary NUMBA_CACHE_DIR) and the peak
+resident memory (getrusage maxrss) of one large float32 training step per
+implementation. ``--quick`` = the small size, float32, 3 repeats, memory at the
+first size, no compile from an empty cache: a smoke test.
+
+The tables go between the markers ``<!-- bench:begin -->`` / ``<!-- bench:end -->``
+of ``--out``; the rest of the file (the hand-written Profile section) is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 2
+SIZES = {   # name: (B, S=T, E=H, V); dot score, input feeding, L = 1
+    "tiny": (4, 6, 8, 50),            # for tests/test_benchmarks.py only
+    "small": (32, 20, 64, 1000),
+    "medium": (64, 30, 256, 8000),
+    "large": (16, 50, 512, 16000),
+}
+TARGETS = {"small": 2.0, "medium": 1.2, "large": 1.0, "tiny": None}   # training step, Numba / PyTorch
+DECODE_TARGET, GEMM_FRACTION_TARGET, COLD_TARGET_S, COMPILE_TARGET_S, MEMORY_TARGET = 2.0, 0.60, 3.0, 60.0, 1.5
+LOSS_RTOL = {"float64": 1e-9, "float32": 1e-4}
+BEAM_K = 5
+MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def limit_threads(n: int = THREADS):
+    """n threads for torch (if imported) and every BLAS loaded (SciPy's is the one Numba uses)."""
+    import scipy.linalg  # noqa: F401  loads SciPy's OpenBLAS so that threadpoolctl sees it
+    from threadpoolctl import threadpool_info, threadpool_limits
+    limiter = threadpool_limits(limits=n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    return limiter, threadpool_info()
+
+
+def train_flops(B, S, T, E, H, V) -> int:
+    """Matrix-product FLOPs of one training step (2 per multiply-add), L = 1, dot, input feeding.
+
+    forward F = 2 * [ B*S*(E + H)*4H            encoder: input projection + recurrence
+                    + B*T*(E + 2H)*4H           decoder: [emb; h~] projection + recurrence
+                    + 2*B*T*S*H                 scores h.k_s and context sum_s a_s k_s
+                    + B*T*2H*H                  h~ = tanh(W_c [ctx; h])
+                    + B*T*H*V ]                 generator
+    backward = 2F (one product for the input gradient, one for the weight gradient), total 3F.
+    Elementwise work (gates, softmaxes, tanh) is not counted.
+    """
+    fwd = 2 * (B * S * (E + H) * 4 * H + B * T * (E + 2 * H) * 4 * H + 2 * B * T * S * H
+               + B * T * 2 * H * H + B * T * H * V)
+    return 3 * fwd
+
+
+def make_problem(size: str, dtype: str, seed: int = 0):
+    """Config, parameters and a full-length batch (every row S source and T target tokens)."""
+    from attnspec.impl.model import init_params
+    from attnspec.spec.config import Config
+    B, S, E, V = SIZES[size]
+    T = S
+    config = Config(V_src=V, V_tgt=V, E=E, H=E, L=1, score="dot", input_feeding=True, dtype=dtype)
+    params = init_params(config, seed)
+    rng = np.random.default_rng(seed + 1)
+    src = rng.integers(3, V, size=(B, S))
+    src_len = np.full(B, S)
+    tgt = np.concatenate([np.full((B, 1), config.bos_id), rng.integers(3, V, size=(B, T - 1)),
+                          np.full((B, 1), config.eos_id)], axis=1)            # (B, T + 1)
+    return config, params, src, src_len, tgt
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def stats(times):
+    t = np.sort(np.asarray(times))
+    return {"median": float(np.median(t)), "min": float(t[0]), "max": float(t[-1]), "n": len(t)}
+
+
+def gemm_rate(dtype: str, n: int, repeats: int) -> float:
+    """GFLOP/s of an (n, n) @ (n, n) NumPy product, median of repeats."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
+    a @ b
+    return 2 * n ** 3 / stats([timed(lambda: a @ b)[0] for _ in range(max(repeats, 5))])["median"] / 1e9
+
+
+def torch_greedy_batched(model, src, src_len, max_len):
+    """Greedy decoding written the way one writes it in PyTorch: whole batch per step, no per-row loop."""
+    import torch
+    import torch.nn.functional as F
+    c = model.config
+    src_t, len_t = torch.from_numpy(src), torch.from_numpy(src_len)
+    B, S = src_t.shape
+    with torch.no_grad():
+        enc, state = model.encoder(src_t, len_t)                              # (B, S, H)
+        mask = torch.arange(S).unsqueeze(0) < len_t.unsqueeze(1)
+        keys = model.attention.keys(enc)
+        y = torch.full((B, 1), c.bos_id, dtype=torch.int64)
+        h_tilde = torch.zeros(B, 1, c.H, dtype=getattr(torch, c.dtype))
+        done = torch.zeros(B, dtype=torch.bool)
+        lengths = torch.zeros(B, dtype=torch.int64)
+        tokens = []
+        for _ in range(max_len):
+            u = torch.cat([model.decoder.embedding(y), h_tilde], dim=-1)       # (B, 1, E + H)
+            h, state = model.decoder.lstm(u, state)
+            h_tilde, _ = model.attention(h, keys, enc, mask)
+            best = F.log_softmax(model.generator(h_tilde[:, 0]), dim=-1).argmax(dim=-1)   # (B,)
+            lengths += ~done
+            tokens.append(best)
+            done |= best == c.eos_id
+            if bool(done.all()):
+                break
+            y = best.unsqueeze(1)
+    return torch.stack(tokens, 1).numpy(), lengths.numpy()
+
+
+def bench_case(size, dtype, repeats, perturb_torch=False):
+    """Every measurement of one (size, dtype) in this process; returns a dict of stats."""
+    import torch
+    from attnspec.impl.decode import beam_search, greedy_decode
+    from attnspec.impl.model import loss_and_grads
+    from attnspec.impl.torch_model import TorchImplementation, TorchSeq2Seq
+    config, params, src, src_len, tgt = make_problem(size, dtype)
+    B, S, E, V = SIZES[size]
+    T = S
+    model = TorchSeq2Seq.from_params(params, config)
+    if perturb_torch:                                  # only to test that the check below bites
+        with torch.no_grad():
+            model.generator.bias.add_(0.5 * torch.arange(V, dtype=model.generator.bias.dtype) / V)
+
+    # -- the two implementations must compute the same loss before anything is timed --
+    loss_nb, _ = loss_and_grads(params, config, src, src_len, tgt)
+    loss_pt, _ = model.loss_and_grads(src, src_len, tgt)
+    rel = abs(loss_nb - loss_pt) / abs(loss_pt)
+    if not rel <= LOSS_RTOL[dtype]:
+        print(f"LOSS MISMATCH ({size}, {dtype}): Numba {loss_nb!r} vs PyTorch {loss_pt!r}, "
+              f"relative difference {rel:.3e} > {LOSS_RTOL[dtype]:g}; refusing to benchmark", file=sys.stderr)
+        sys.exit(3)
+
+    torch_impl = TorchImplementation()
+    fns = {
+        "train_numba": lambda: loss_and_grads(params, config, src, src_len, tgt),
+        "train_torch": lambda: model.loss_and_grads(src, src_len, tgt),
+        "greedy_numba": lambda: int(greedy_decode(params, config, src, src_len, T).lengths.sum()),
+        "greedy_torch_protocol": lambda: int(torch_impl.greedy_decode(params, config, src, src_len, T).lengths.sum()),
+        "greedy_torch_batched": lambda: int(torch_greedy_batched(model, src, src_len, T)[1].sum()),
+        "beam_numba": lambda: int(beam_search(params, config, src, src_len, BEAM_K, T).lengths.sum()),
+    }
+    for fn in fns.values():                            # warm-up (compilation, allocator, caches)
+        fn()
+    times = {k: [] for k in fns}
+    tokens = {}
+    for _ in range(repeats):                           # alternate: both see the same machine load
+        for k, fn in fns.items():
+            dt, out = timed(fn)
+            times[k].append(dt)
+            tokens[k] = out if isinstance(out, int) else B * T
+    out = {"loss_numba": loss_nb, "loss_torch": loss_pt, "loss_rel_diff": rel,
+           "flops": train_flops(B, S, T, E, E, V)}
+    for k in fns:
+        s = stats(times[k])
+        out[k] = {**s, "tokens": tokens[k], "tps": tokens[k] / s["median"],
+                  "tps_min": tokens[k] / s["max"], "tps_max": tokens[k] / s["min"]}
+    return out
+
+
+# -- subprocess measurements ---------------------------------------------------------------
+
+def child(kind: str, size: str, dtypes) -> dict:
+    """Run inside a fresh interpreter (``--child``): cold start, or one step's peak memory."""
+    def status_mb(field):
+        """VmRSS (now) or VmHWM (peak) of this process in MB. Not getrusage's ru_maxrss: Linux
+        carries the parent's high-water mark over fork + exec, so a child of this (torch-laden)
+        benchmark would report the parent's peak."""
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} in /proc/self/status")
+
+    if kind == "cold":
+        t0 = time.perf_counter()
+        from attnspec.impl.decode import beam_search, greedy_decode
+        from attnspec.impl.model import loss_and_grads
+        limit_threads()
+        res = {"import_s": time.perf_counter() - t0, "size": size, "dtypes": list(dtypes)}
+        for dtype in dtypes:
+            config, params, src, src_len, tgt = make_problem(size, dtype)
+            res[f"train_{dtype}_s"] = timed(lambda: loss_and_grads(params, config, src, src_len, tgt))[0]
+            res[f"greedy_{dtype}_s"] = timed(lambda: greedy_decode(params, config, src, src_len, 5))[0]
+            res[f"beam_{dtype}_s"] = timed(lambda: beam_search(params, config, src, src_len, BEAM_K, 5))[0]
+        res["total_s"] = time.perf_counter() - t0
+        return res
+    impl = kind.split("-")[1]
+    if impl == "torch":
+        import torch  # noqa: F401
+        from attnspec.impl.torch_model import TorchSeq2Seq
+    from attnspec.impl.model import loss_and_grads
+    limit_threads()
+    config, params, src, src_len, tgt = make_problem(size, "float32")
+    if impl == "torch":
+        model = TorchSeq2Seq.from_params(params, config)
+        del params
+        step = lambda: model.loss_and_grads(src, src_len, tgt)  # noqa: E731
+    else:
+        step = lambda: loss_and_grads(params, config, src, src_len, tgt)  # noqa: E731
+    import gc
+    gc.collect()
+    try:                                # reset VmHWM to the current RSS: the peak is then the step's
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = status_mb("VmRSS")
+    step()
+    step()
+    return {"before_mb": before, "peak_mb": status_mb("VmHWM"), "hwm_reset": reset}
+
+
+def run_child(kind: str, size: str, dtypes=("float32",), env=None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--sizes", size,
+           "--dtypes", ",".join(dtypes)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def machine(blas_info) -> list[str]:
+    import numba
+    import scipy
+    import torch
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    blas = "; ".join(f"{i['prefix']} {i.get('version')} ({i['user_api']}, {i['num_threads']} threads)"
+                     for i in blas_info)
+    try:
+        load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    return [f"- CPU: {cpu}, {os.cpu_count()} logical cores; load average (1/5/15 min) at the start: {load}",
+            f"- Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
+            f"Numba {numba.__version__}, PyTorch {torch.__version__}",
+            f"- threads: torch.get_num_threads() = {torch.get_num_threads()}; BLAS: {blas}"]
+
+
+def fmt_tps(d) -> str:
+    return f"{d['tps']:,.0f} ({d['tps_min']:,.0f}-{d['tps_max']:,.0f})"
+
+
+def verdict(ratio, target) -> str:
+    if target is None:
+        return "-"
+    return f"{'met' if ratio >= target else 'NOT met'} (>= {target:g}x)"
+
+
+def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
+    lines = [MARK_BEGIN, "",
+             "## Phase-1 baseline (before any optimisation)", "",
+             "Produced by", "", "```bash", f"python benchmarks/bench.py {' '.join(args.argv)}", "```", "",
+             f"on {time.strftime('%Y-%m-%d %H:%M')}:", ""] + machine(blas_info) + [
+             "",
+             "The machine is shared (CI jobs may run beside the benchmark): absolute numbers are noisy. "
+             "Numba and PyTorch calls alternate within each repeat, so the **ratios** are the figures to "
+             "read. Cells are `median (min-max)` over the repeats after warm-up; batches are full length "
+             "(every row S source and T target tokens, T = S), dot score, input feeding, L = 1.", "",
+             "### Training step (forward + backward, no optimizer), target tokens/s", "",
+             "| size | dtype | Numba | PyTorch | Numba / PyTorch | target | loss Numba / PyTorch (rel. diff) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (size, dtype), r in results.items():
+        ratio = r["train_numba"]["tps"] / r["train_torch"]["tps"]
+        lines.append(f"| {size} | {dtype} | {fmt_tps(r['train_numba'])} | {fmt_tps(r['train_torch'])} | "
+                     f"**{ratio:.2f}x** | {verdict(ratio, TARGETS[size])} | "
+                     f"{r['loss_numba']:.6f} / {r['loss_torch']:.6f} ({r['loss_rel_diff']:.1e}) |")
+    lines += ["", "### Decoding, output tokens/s (max_len = T)", "",
+              "PyTorch protocol = `TorchImplementation.greedy_decode` (pinned to 1 thread, a Python loop "
+              "per row); PyTorch batched = the whole-batch loop `torch_greedy_batched` in bench.py on 2 "
+              "threads. The ratio uses the faster PyTorch variant. PyTorch has no beam search.", "",
+              "| size | dtype | greedy Numba | greedy PyTorch protocol | greedy PyTorch batched | "
+              "Numba / best PyTorch | target | beam K=5 Numba | beam PyTorch |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (size, dtype), r in results.items():
+        best = max(r["greedy_torch_protocol"]["tps"], r["greedy_torch_batched"]["tps"])
+        ratio = r["greedy_numba"]["tps"] / best
+        lines.append(f"| {size} | {dtype} | {fmt_tps(r['greedy_numba'])} | {fmt_tps(r['greedy_torch_protocol'])} | "
+                     f"{fmt_tps(r['greedy_torch_batched'])} | **{ratio:.2f}x** | {verdict(ratio, DECODE_TARGET)} | "
+                     f"{fmt_tps(r['beam_numba'])} | n/a |")
+    lines += ["", "### Fraction of the machine's GEMM rate reached by the training step", "",
+              "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median; the "
+              "machine rate is the best n. Step rate = `train_flops` / median step time, with "
+              "`train_flops = 3 * 2 * [B*S*(E+H)*4H + B*T*(E+2H)*4H + 2*B*T*S*H + B*T*2H*H + B*T*H*V]` "
+              "(forward matrix products, x3 for backward; elementwise work not counted).", "",
+              "| dtype | " + " | ".join(f"GEMM n={n}" for n in sorted(next(iter(gemm.values())))) + " |",
+              "| --- |" + " --- |" * len(next(iter(gemm.values())))]
+    for dtype, rates in gemm.items():
+        lines.append(f"| {dtype} | " + " | ".join(f"{rates[n]:.1f} GFLOP/s" for n in sorted(rates)) + " |")
+    lines += ["", "| size | dtype | GFLOP per step | Numba GFLOP/s (fraction) | PyTorch GFLOP/s (fraction) | target |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for (size, dtype), r in results.items():
+        peak = max(gemm[dtype].values())
+        nb, pt = (r["flops"] / r[k]["median"] / 1e9 for k in ("train_numba", "train_torch"))
+        tgt = verdict(nb / peak, GEMM_FRACTION_TARGET) if size == "large" else "-"
+        lines.append(f"| {size} | {dtype} | {r['flops'] / 1e9:.2f} | {nb:.1f} ({nb / peak:.0%}) | "
+                     f"{pt:.1f} ({pt / peak:.0%}) | {tgt.replace('>= 0.6x', '>= 60%')} |")
+    lines += ["", f"### Cold start (Numba, fresh process, size {cold['size']})", "",
+              "Import of attnspec.impl, then the first call of each API in each dtype; the empty cache is a "
+              "fresh temporary NUMBA_CACHE_DIR, the warm cache the same directory afterwards.", ""]
+    rows = [("warm cache", cold)] + ([("empty cache (compilation)", compile_)] if compile_ else [])
+    cols = [(k, d) for d in cold["dtypes"] for k in ("train", "greedy", "beam")]
+    lines += ["| Numba cache | import | " + " | ".join(f"first {k} {d}" for k, d in cols) + " | total | target |",
+              "| --- |" + " --- |" * (len(cols) + 3)]
+    for name, c in rows:
+        target = COLD_TARGET_S if name == "warm cache" else COMPILE_TARGET_S
+        lines.append(f"| {name} | {c['import_s']:.2f} s | " + " | ".join(
+            f"{c[f'{k}_{d}_s']:.2f} s" for k, d in cols)
+            + f" | {c['total_s']:.2f} s | {'met' if c['total_s'] < target else 'NOT met'} (< {target:g} s) |")
+    if not compile_:
+        lines.append("\n(compilation from an empty cache not measured in --quick mode)")
+    mem_size = memory["size"]
+    nb, pt = memory["numba"], memory["torch"]
+    lines += ["", f"### Peak resident memory, {mem_size} float32 training step (own subprocess each)", "",
+              "Two steps in a fresh interpreter per implementation; peak = VmHWM of /proc/self/status, "
+              "reset (clear_refs 5) after imports, parameters and batch are set up"
+              + ("" if nb["hwm_reset"] and pt["hwm_reset"] else " (the reset was refused here: the peak "
+                 "includes the set-up)") + ". (getrusage's ru_maxrss is not used: Linux carries the "
+              "parent's high-water mark across fork + exec.)", "",
+              "| | RSS before the step (imports, parameters, batch) | peak RSS | step increment |",
+              "| --- | --- | --- | --- |",
+              f"| Numba | {nb['before_mb']:.0f} MB | {nb['peak_mb']:.0f} MB | {nb['peak_mb'] - nb['before_mb']:.0f} MB |",
+              f"| PyTorch | {pt['before_mb']:.0f} MB | {pt['peak_mb']:.0f} MB | {pt['peak_mb'] - pt['before_mb']:.0f} MB |",
+              "", f"Peak ratio Numba / PyTorch = **{nb['peak_mb'] / pt['peak_mb']:.2f}x** "
+              f"({'met' if nb['peak_mb'] <= MEMORY_TARGET * pt['peak_mb'] else 'NOT met'}, target <= "
+              f"{MEMORY_TARGET:g}x); step increments ratio = "
+              f"{(nb['peak_mb'] - nb['before_mb']) / max(pt['peak_mb'] - pt['before_mb'], 1):.2f}x "
+              "(the PyTorch process also carries the torch import, ~hundreds of MB).", "", MARK_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: Path, block: str) -> None:
+    """Replace the bench block of ``path`` (or create the file); keep everything outside the markers."""
+    if path.exists() and MARK_BEGIN in (text := path.read_text()):
+        head, rest = text.split(MARK_BEGIN, 1)
+        tail = rest.split(MARK_END, 1)[1] if MARK_END in rest else ""
+        text = head + block.rstrip("\n") + tail
+    else:
+        text = "# Performance\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=None, help="comma-separated, of " + ",".join(SIZES))
+    p.add_argument("--dtypes", default=None, help="comma-separated, of float32,float64")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, quick 3)")
+    p.add_argument("--quick", action="store_true", help="small size, float32, 3 repeats, no compile-from-empty-cache")
+    p.add_argument("--out", default="docs/performance.md")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--perturb-torch", action="store_true", help=argparse.SUPPRESS)  # tests the loss check
+    args = p.parse_args(argv)
+    args.argv = argv
+    sizes = (args.sizes or ("small" if args.quick else "small,medium,large")).split(",")
+    dtypes = (args.dtypes or ("float32" if args.quick else "float32,float64")).split(",")
+    if args.child:
+        print(json.dumps(child(args.child, sizes[0], dtypes)))
+        return 0
+    repeats = args.repeats or (3 if args.quick else 5)
+    import torch  # noqa: F401  (before limit_threads, so that its threads are limited too)
+    _, blas_info = limit_threads()
+    gemm = {d: {n: gemm_rate(d, n, repeats) for n in (256, 1024)} for d in dtypes}
+    print("GEMM GFLOP/s:", gemm, flush=True)
+    results = {}
+    for size in sizes:
+        for dtype in dtypes:
+            results[size, dtype] = r = bench_case(size, dtype, repeats, args.perturb_torch)
+            print(f"{size} {dtype}: train {r['train_numba']['tps']:.0f} vs {r['train_torch']['tps']:.0f} tok/s, "
+                  f"greedy {r['greedy_numba']['tps']:.0f} vs {r['greedy_torch_batched']['tps']:.0f}, "
+                  f"beam {r['beam_numba']['tps']:.0f}", flush=True)
+    cold_size = sizes[0] if args.quick else "small"
+    if args.quick:                     # the project's own Numba cache, warm after the runs above
+        compile_, cold = None, run_child("cold", cold_size, dtypes)
+    else:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {"NUMBA_CACHE_DIR": cache}
+            compile_ = run_child("cold", cold_size, dtypes, env)              # empty cache: compiles
+            cold = run_child("cold", cold_size, dtypes, env)                  # the same cache, now warm
+    print("cold start:", cold, "compile:", compile_, flush=True)
+    mem_size = sizes[0] if args.quick else "large"
+    memory = {"size": mem_size, "numba": run_child("memory-numba", mem_size),
+              "torch": run_child("memory-torch", mem_size)}
+    print("memory:", memory, flush=True)
+    out = Path(args.out)
+    write_report(out if out.is_absolute() else ROOT / out, report(results, gemm, cold, compile_, memory, args, blas_info))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
