@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..spec.validate import check_params, check_source
+from ..spec.validate import check_params, check_positive_int, check_source
 from .kernels_decode import beam_kernel, greedy_kernel
 from .model import _check_config, _check_finite, pack_weights
 
@@ -41,19 +41,11 @@ class DecodeResult:
     attention: np.ndarray
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
-    return int(value)
-
-
 def _prepare(params, config, src, src_len, max_len):
     config = _check_config(config)
     params = check_params(params, config, dtype=config.dtype)
     src, src_len = check_source(config, src, src_len)
-    max_len = _check_positive_int("max_len", max_len)
+    max_len = check_positive_int("max_len", max_len)
     return config, pack_weights(params, config), np.ascontiguousarray(src), np.ascontiguousarray(src_len), max_len
 
 
@@ -79,7 +71,7 @@ def beam_search(params, config, src, src_len, beam_size: int, max_len: int,
     with ``length_normalize``. ``beam_size = 1`` gives exactly ``greedy_decode``.
     """
     config, w, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
-    beam_size = _check_positive_int("beam_size", beam_size)
+    beam_size = check_positive_int("beam_size", beam_size)
     if not isinstance(length_normalize, (bool, np.bool_)):
         raise TypeError(f"length_normalize: expected a bool, got {type(length_normalize).__name__}")
     tokens, lengths, scores, normalized, attention = beam_kernel(

@@ -30,7 +30,7 @@ from . import reference_model as model
 from . import reference_ops as ops
 from .config import SCORES, Config
 from .protocol import DecodeOutput, ForwardOutput, Implementation
-from .validate import check_attention_params, check_batch, check_params, check_source
+from .validate import check_attention_params, check_batch, check_params, check_positive_int, check_source
 
 __all__ = ["NumpyReference"]
 
@@ -81,14 +81,6 @@ def _check_attention_args(score, query, keys, mask, W_a, v_a):
     W_a, v_a = check_attention_params(score, H, W_a, v_a,
                                       lambda name, value, ndim: _float_array(name, value, ndim, query.dtype))
     return query, keys, mask, W_a, v_a
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
-    return int(value)
 
 
 # -- the implementation ----------------------------------------------------------------------
@@ -163,14 +155,14 @@ class NumpyReference(Implementation):
         config = _check_config(config)
         P = check_params(params, config, dtype=config.dtype)
         src, src_len = check_source(config, src, src_len)
-        max_len = _positive_int("max_len", max_len)
+        max_len = check_positive_int("max_len", max_len)
         return DecodeOutput(*model.greedy(P, config, src, src_len, max_len, self.bugs))
 
     def beam_search(self, params, config, src, src_len, beam_size, max_len, length_normalize=False) -> DecodeOutput:
         config = _check_config(config)
         P = check_params(params, config, dtype=config.dtype)
         src, src_len = check_source(config, src, src_len)
-        beam_size, max_len = _positive_int("beam_size", beam_size), _positive_int("max_len", max_len)
+        beam_size, max_len = check_positive_int("beam_size", beam_size), check_positive_int("max_len", max_len)
         if not isinstance(length_normalize, (bool, np.bool_)):
             raise TypeError(f"length_normalize: expected a bool, got {type(length_normalize).__name__}")
         return DecodeOutput(*model.beam(P, config, src, src_len, beam_size, max_len, bool(length_normalize),

@@ -31,6 +31,15 @@ def as_int_array(name: str, x, ndim: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1 (``max_len``, ``beam_size``...), or a clear error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return int(value)
+
+
 def check_ids(name: str, ids: np.ndarray, vocab: int) -> None:
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
         bad = np.argwhere((ids < 0) | (ids >= vocab))[0]
