@@ -8,37 +8,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..spec.config import SCORES
-from ..spec.validate import check_attention_params
+from ..spec.validate import as_float_array, check_attention_params, src_len_from_mask
 from .kernels_attention import (CONCAT, GENERAL, MODES, attention_backward, attention_forward,
                                 attention_keys_backward, project_keys)
-
-
-def _float_array(name: str, x, ndim: int, dtype=None) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name}: dtype {a.dtype} differs from query's {dtype}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: contains NaN or infinity")
-    return np.ascontiguousarray(a)
-
-
-def src_len_from_mask(mask, B: int, S: int) -> np.ndarray:
-    """src_len [B] from a prefix mask [B, S] (True at s < src_len[b]), or a clear ValueError."""
-    mask = np.asarray(mask)
-    if mask.dtype != bool:
-        raise TypeError(f"mask: expected a bool array, got dtype {mask.dtype}")
-    if mask.shape != (B, S):
-        raise ValueError(f"mask: expected shape {(B, S)}, got {mask.shape}")
-    src_len = mask.sum(axis=1)
-    prefix = np.arange(S)[None, :] < src_len[:, None]
-    if np.any(src_len < 1) or np.any(mask != prefix):
-        b = int(np.argmax((src_len < 1) | np.any(mask != prefix, axis=1)))
-        raise ValueError(f"mask: row {b} is not a non-empty prefix (True for s < src_len, then False)")
-    return src_len.astype(np.int64)
 
 
 def attention(score: str, query, keys, mask, W_a=None, v_a=None) -> tuple[np.ndarray, np.ndarray]:
@@ -98,16 +70,16 @@ def _prepare(score: str, query, keys, mask, W_a, v_a) -> _Step:
     """Validate the public arguments (clear errors naming them) and lay them out for the kernels."""
     if score not in SCORES:
         raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
-    query = _float_array("query", query, 2)
+    query = as_float_array("query", query, 2)
     dt = query.dtype
-    keys = _float_array("keys", keys, 3, dt)
+    keys = as_float_array("keys", keys, 3, dt)
     B, H = query.shape
     if keys.shape[0] != B or keys.shape[2] != H:
         raise ValueError(f"keys: expected shape ({B}, S, {H}) to match query {query.shape}, got {keys.shape}")
     S = keys.shape[1]
     src_len = src_len_from_mask(mask, B, S)
     W_a, v_a = check_attention_params(score, H, W_a, v_a,
-                                      lambda name, value, ndim: _float_array(name, value, ndim, dt))
+                                      lambda name, value, ndim: as_float_array(name, value, ndim, dt))
     empty = np.zeros((0, 0), dt)
     if score == "concat":
         W_q, W_k = np.ascontiguousarray(W_a[:, :H]), np.ascontiguousarray(W_a[:, H:])
@@ -149,7 +121,7 @@ def attention_vjp(score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> d
     k = _prepare(score, query, keys, mask, W_a, v_a)
     dt = k.query.dtype
     B, S, H = k.keys.shape
-    g_ctx = _float_array("g_ctx", g_ctx, 2, dt)
+    g_ctx = as_float_array("g_ctx", g_ctx, 2, dt)
     if g_ctx.shape != (B, H):
         raise ValueError(f"g_ctx: expected shape {(B, H)} (ctx's), got {g_ctx.shape}")
     rows = np.arange(B)

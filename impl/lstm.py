@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention import _float_array
+from ..spec.validate import as_float_array
 from .kernels_lstm import lstm_cell_forward
 
 __all__ = ["lstm_cell"]
@@ -42,16 +42,16 @@ def lstm_cell(x, h, c, W_ih, W_hh, b_ih, b_hh) -> tuple[np.ndarray, np.ndarray, 
     >>> gates.tolist(), c.tolist()        # sigma(0) = 1/2, tanh(0) = 0: c' = c / 2
     ([[0.5, 0.5, 0.0, 0.5]], [[0.5]])
     """
-    x = _float_array("x", x, 2)
+    x = as_float_array("x", x, 2)
     dt = x.dtype
     B, D = x.shape
-    h = _float_array("h", h, 2, dt)
+    h = as_float_array("h", h, 2, dt)
     H = h.shape[1]
-    c = _float_array("c", c, 2, dt)
-    W_ih = _float_array("W_ih", W_ih, 2, dt)
-    W_hh = _float_array("W_hh", W_hh, 2, dt)
-    b_ih = _float_array("b_ih", b_ih, 1, dt)
-    b_hh = _float_array("b_hh", b_hh, 1, dt)
+    c = as_float_array("c", c, 2, dt)
+    W_ih = as_float_array("W_ih", W_ih, 2, dt)
+    W_hh = as_float_array("W_hh", W_hh, 2, dt)
+    b_ih = as_float_array("b_ih", b_ih, 1, dt)
+    b_hh = as_float_array("b_hh", b_hh, 1, dt)
     for name, a, shape in (("h", h, (B, H)), ("c", c, (B, H)), ("W_ih", W_ih, (4 * H, D)),
                            ("W_hh", W_hh, (4 * H, H)), ("b_ih", b_ih, (4 * H,)), ("b_hh", b_hh, (4 * H,))):
         if a.shape != shape:

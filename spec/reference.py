@@ -30,7 +30,8 @@ from . import reference_model as model
 from . import reference_ops as ops
 from .config import SCORES, Config
 from .protocol import DecodeOutput, ForwardOutput, Implementation
-from .validate import check_attention_params, check_batch, check_params, check_positive_int, check_source
+from .validate import (as_float_array, check_attention_params, check_batch, check_params, check_positive_int,
+                       check_source, src_len_from_mask)
 
 __all__ = ["NumpyReference"]
 
@@ -43,19 +44,6 @@ def _check_config(config) -> Config:
     return config
 
 
-def _float_array(name: str, x, ndim: int, dtype=None) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name}: dtype {a.dtype} differs from the first argument's {dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: contains NaN or infinity")
-    return a
-
-
 def _check_shape(name: str, a: np.ndarray, shape: tuple) -> None:
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
@@ -65,21 +53,15 @@ def _check_attention_args(score, query, keys, mask, W_a, v_a):
     """query (B, H), keys (B, S, H) of one float dtype, mask a non-empty prefix per row, W_a/v_a per score."""
     if score not in SCORES:
         raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
-    query = _float_array("query", query, 2)
+    query = as_float_array("query", query, 2)
     B, H = query.shape
-    keys = _float_array("keys", keys, 3, query.dtype)
+    keys = as_float_array("keys", keys, 3, query.dtype)
     if keys.shape[0] != B or keys.shape[2] != H or keys.shape[1] < 1:
         raise ValueError(f"keys: expected shape ({B}, S >= 1, {H}) to match query {query.shape}, got {keys.shape}")
+    src_len_from_mask(mask, B, keys.shape[1])
     mask = np.asarray(mask)
-    if mask.dtype != bool:
-        raise TypeError(f"mask: expected a bool array, got dtype {mask.dtype}")
-    _check_shape("mask", mask, keys.shape[:2])
-    prefix = np.arange(keys.shape[1])[None, :] < mask.sum(axis=1)[:, None]
-    if not np.all(mask[:, 0]) or np.any(mask != prefix):
-        b = int(np.argmax(~mask[:, 0] | np.any(mask != prefix, axis=1)))
-        raise ValueError(f"mask: row {b} is not a non-empty prefix (True for s < src_len, then False)")
     W_a, v_a = check_attention_params(score, H, W_a, v_a,
-                                      lambda name, value, ndim: _float_array(name, value, ndim, query.dtype))
+                                      lambda name, value, ndim: as_float_array(name, value, ndim, query.dtype))
     return query, keys, mask, W_a, v_a
 
 
@@ -114,21 +96,21 @@ class NumpyReference(Implementation):
 
     def attention_vjp(self, score, query, keys, mask, g_ctx, W_a=None, v_a=None):
         query, keys, mask, W_a, v_a = _check_attention_args(score, query, keys, mask, W_a, v_a)
-        g_ctx = _float_array("g_ctx", g_ctx, 2, query.dtype)
+        g_ctx = as_float_array("g_ctx", g_ctx, 2, query.dtype)
         _check_shape("g_ctx", g_ctx, query.shape)
         _, _, cache = ops.attention(score, query, keys, mask, W_a, v_a, self.bugs)
         return ops.attention_backward(g_ctx, cache, self.bugs)
 
     def lstm_cell(self, x, h, c, W_ih, W_hh, b_ih, b_hh):
-        x = _float_array("x", x, 2)
+        x = as_float_array("x", x, 2)
         B, D = x.shape
-        h = _float_array("h", h, 2, x.dtype)
+        h = as_float_array("h", h, 2, x.dtype)
         H = h.shape[1]
         args = {"c": c, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh}
         shapes = {"c": (B, H), "W_ih": (4 * H, D), "W_hh": (4 * H, H), "b_ih": (4 * H,), "b_hh": (4 * H,)}
         _check_shape("h", h, (B, H))
         for name, shape in shapes.items():
-            args[name] = _float_array(name, args[name], len(shape), x.dtype)
+            args[name] = as_float_array(name, args[name], len(shape), x.dtype)
             _check_shape(name, args[name], shape)
         h_new, c_new, k = ops.lstm_cell(x, h, *args.values(), bugs=self.bugs)
         return h_new, c_new, np.concatenate([k["i"], k["f"], k["g"], k["o"]], axis=1)

@@ -31,6 +31,39 @@ def as_int_array(name: str, x, ndim: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def as_float_array(name: str, x, ndim: int, dtype=None) -> np.ndarray:
+    """``x`` as a finite, C-contiguous float32/float64 array with ``ndim`` dimensions.
+
+    With ``dtype``, the array must already have it: arguments of one call share
+    one precision, and a silent cast would hide a float32/float64 mix-up.
+    """
+    a = _as_array(name, x)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {a.shape}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} differs from the other arguments' {np.dtype(dtype)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: contains NaN or infinity")
+    return np.ascontiguousarray(a)
+
+
+def src_len_from_mask(mask, B: int, S: int) -> np.ndarray:
+    """src_len [B] from a prefix mask [B, S] (True at s < src_len[b]), or a clear error naming ``mask``."""
+    mask = _as_array("mask", mask)
+    if mask.dtype != bool:
+        raise TypeError(f"mask: expected a bool array, got dtype {mask.dtype}")
+    if mask.shape != (B, S):
+        raise ValueError(f"mask: expected shape {(B, S)}, got {mask.shape}")
+    src_len = mask.sum(axis=1)
+    prefix = np.arange(S)[None, :] < src_len[:, None]
+    if np.any(src_len < 1) or np.any(mask != prefix):
+        b = int(np.argmax((src_len < 1) | np.any(mask != prefix, axis=1)))
+        raise ValueError(f"mask: row {b} is not a non-empty prefix (True for s < src_len, then False)")
+    return src_len.astype(np.int64)
+
+
 def check_positive_int(name: str, value) -> int:
     """``value`` as an int >= 1 (``max_len``, ``beam_size``...), or a clear error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -130,3 +130,29 @@ def test_attention_params_pass_through_converted():
     W_a, v_a = check_attention_params("concat", 2, [[1, 2, 3, 4], [5, 6, 7, 8]], [1, 2], _as_float)
     assert W_a.dtype == v_a.dtype == float and W_a.shape == (2, 4)
     assert check_attention_params("dot", 2, None, None, _as_float) == (None, None)
+
+
+def test_float_arrays_checked_for_kind_rank_dtype_and_finiteness():
+    from attnspec.spec.validate import as_float_array
+
+    assert as_float_array("x", np.zeros((2, 3)), 2).flags.c_contiguous
+    with pytest.raises(TypeError, match="x: expected a float32 or float64"):
+        as_float_array("x", np.zeros((2, 3), int), 2)
+    with pytest.raises(ValueError, match=r"x: expected 2 dimension\(s\)"):
+        as_float_array("x", np.zeros(3), 2)
+    with pytest.raises(TypeError, match="x: dtype float32 differs"):
+        as_float_array("x", np.zeros((2, 3), np.float32), 2, np.float64)
+    with pytest.raises(ValueError, match="x: contains NaN"):
+        as_float_array("x", np.array([[np.inf]]), 2)
+
+
+def test_prefix_masks_give_src_len_and_others_are_rejected():
+    from attnspec.spec.validate import src_len_from_mask
+
+    assert src_len_from_mask(np.array([[1, 1, 0], [1, 0, 0]], bool), 2, 3).tolist() == [2, 1]
+    for bad, match in [(np.array([[1, 0, 1]], bool), "row 0 is not a non-empty prefix"),
+                       (np.array([[0, 0, 0]], bool), "row 0 is not a non-empty prefix"),
+                       (np.array([[1, 1]], bool), r"mask: expected shape \(1, 3\)"),
+                       (np.array([[1, 1, 0]]), "mask: expected a bool array")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            src_len_from_mask(bad, 1, 3)
