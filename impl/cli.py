@@ -72,7 +72,7 @@ def _positive_float(text: str) -> float:
 
 
 def _add_demo(sub) -> None:
-    from attnspec.impl.tasks import TASKS
+    from attnspec.impl.task_names import TASKS
     from attnspec.spec.config import SCORES
 
     p = sub.add_parser(
@@ -122,26 +122,6 @@ def _add_translate(sub) -> None:
     p.set_defaults(run=_translate)
 
 
-def _derive(args) -> int:
-    from attnspec.spec import derive
-
-    return derive.run(args)
-
-
-def _add_derive(sub) -> None:
-    from attnspec.spec import derive
-
-    p = sub.add_parser(
-        "derive",
-        help="generate the derivation docs (docs/derivations/) from the specification",
-        description="Print every definition, derivative and closed form with sympy.latex, decide "
-        "every identity and the backward-pass checks, and write the markdown pages. With --check, "
-        "write nothing and exit 1 if the committed pages are stale.",
-    )
-    derive.add_arguments(p)
-    p.set_defaults(run=_derive)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnspec",
@@ -164,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_vectors_parser(sub)
     _add_demo(sub)
     _add_translate(sub)
-    _add_derive(sub)
+    from attnspec.spec.derive_cli import add_parser as add_derive_parser
+
+    add_derive_parser(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec.config import BOS, EOS, PAD
+from .task_names import TASKS
 
 __all__ = ["Vocab", "Task", "TASKS", "make_task", "date_example", "DATE_FORMATS",
            "DATE_MIN", "DATE_MAX", "ALPHANUMERIC"]
@@ -219,9 +220,6 @@ class Task:
         """Id pairs (no special ids) for ``attnspec.impl.train``."""
         return [(self.src_vocab.encode(s, name="source"), self.tgt_vocab.encode(t, name="target"))
                 for s, t in pairs]
-
-
-TASKS = ("dates", "reverse", "copy")
 
 
 def make_task(name: str, seed: int = 0, *, n_train: int | None = None, n_valid: int = 500,

@@ -24,22 +24,11 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from . import derive_bptt, derive_example
+from . import derive_bptt, derive_cli, derive_example
 from .derive_md import GENERATED, display, page
 from .derive_parts import GENERAL, PAGES, part_page
 from .identities import PARTS, verify_identities
 
-
-
-def _default_out() -> Path:
-    """docs/derivations of the source checkout (editable install), else of the current directory."""
-    checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").is_file() and (checkout / "docs").is_dir():
-        return checkout / "docs" / "derivations"
-    return Path("docs") / "derivations"
-
-
-DEFAULT_OUT = _default_out()
 
 BPTT_PAGE = ("bptt.md", "Backward pass through time")
 EXAMPLE_PAGE = ("worked-example.md", "Worked example: one attention step in numbers")
@@ -147,13 +136,6 @@ def stale(out: Path, pages: dict[str, str]) -> list[str]:
     return problems
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"directory of the generated pages (default: {DEFAULT_OUT})")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if the pages in --out differ from what would be generated")
-
-
 def run(args: argparse.Namespace) -> int:
     """Generate (or, with ``--check``, compare) the pages; the exit status."""
     pages = render()
@@ -173,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnspec.spec.derive", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
+    derive_cli.add_arguments(parser)
     return run(parser.parse_args(argv))
 
 

@@ -1,4 +1,4 @@
-"""The attention-level properties (spec/properties/attention.py) run against attnspec.impl.
+"""The attention-level properties (spec/properties/attention.py, attention_vjp.py) run against attnspec.impl.
 
 One test per property, named after it; each runs the property's strategy for
 the profile's number of examples (tests/conftest.py) plus its pinned examples.
@@ -11,11 +11,11 @@ import pytest
 
 from attnspec.impl.adapter import NumbaImplementation
 from attnspec.spec import oracle
-from attnspec.spec.properties import REGISTRY
+from attnspec.spec.properties import REGISTRY, attention_vjp
 from attnspec.spec.properties import attention as attention_properties
 
 IMPL = NumbaImplementation()
-ATTENTION = [p.name for p in attention_properties.PROPERTIES]
+ATTENTION = [p.name for p in attention_properties.PROPERTIES + attention_vjp.PROPERTIES]
 
 
 def test_weights_are_nonnegative_and_sum_to_one(run_property):

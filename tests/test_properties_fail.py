@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 
 from attnspec.spec.config import DTYPES, SCORES
-from attnspec.spec.properties import REGISTRY
+from attnspec.spec.properties import REGISTRY, attention_vjp
 from attnspec.spec.properties import attention as attention_properties
 from attnspec.spec.protocol import Implementation
 
 # -- attention-level mutants ------------------------------------------------------------
+
+ATTENTION_PROPERTIES = attention_properties.PROPERTIES + attention_vjp.PROPERTIES
 
 
 class NumpyAttention(Implementation):
@@ -252,11 +254,11 @@ def test_attention_property_fails_on_mutant(find_failure, mutant, name):
 
 def test_every_attention_property_has_a_mutant():
     covered = {name for _, name in MUTANTS}
-    missing = [p.name for p in attention_properties.PROPERTIES if p.name not in covered]
+    missing = [p.name for p in ATTENTION_PROPERTIES if p.name not in covered]
     assert not missing, f"attention properties that no mutant shows failing: {missing}"
 
 
-@pytest.mark.parametrize("name", [p.name for p in attention_properties.PROPERTIES])
+@pytest.mark.parametrize("name", [p.name for p in ATTENTION_PROPERTIES])
 def test_numpy_reference_passes_attention_property(run_property, name):
     run_property(REGISTRY[name], NumpyAttention(), scale=0.5)
 
@@ -268,6 +270,7 @@ def test_numpy_reference_passes_attention_property(run_property, name):
 import dataclasses  # noqa: E402
 
 from attnspec.impl.adapter import NumbaImplementation  # noqa: E402
+from attnspec.spec.properties import decoding, lstm, numerics  # noqa: E402
 from attnspec.spec.properties import model as model_properties  # noqa: E402
 from attnspec.spec.protocol import DecodeOutput, ForwardOutput  # noqa: E402
 
@@ -464,7 +467,8 @@ def test_model_property_fails_on_mutant(find_failure, mutant, name, max_examples
 
 def test_every_model_property_has_a_mutant():
     covered = {name for _, name, _ in MODEL_MUTANTS}
-    missing = [p.name for p in model_properties.PROPERTIES if p.name not in covered]
+    missing = [p.name for module in (model_properties, decoding, numerics, lstm) for p in module.PROPERTIES
+               if p.name not in covered]
     assert not missing, f"model properties that no mutant shows failing: {missing}"
 
 

@@ -1,4 +1,4 @@
-"""The model-level properties (spec/properties/model.py) run against attnspec.impl.
+"""The model-level properties (spec/properties/{model,decoding,numerics,lstm}.py) run against attnspec.impl.
 
 One test per property, named after it; each runs the property's strategy for
 the profile's number of examples (tests/conftest.py: 50 in ``ci``, 500 in
@@ -19,12 +19,12 @@ from attnspec.impl.adapter import NumbaImplementation
 from attnspec.impl.lstm import lstm_cell
 from attnspec.spec.cases import random_case
 from attnspec.spec.config import Config, param_shapes
-from attnspec.spec.properties import REGISTRY
+from attnspec.spec.properties import REGISTRY, decoding, lstm, model_checks, numerics
 from attnspec.spec.properties import model as model_properties
 from attnspec.spec.strategies import ModelCase
 
 IMPL = NumbaImplementation()
-MODEL = [p.name for p in model_properties.PROPERTIES]
+MODEL = [p.name for module in (model_properties, decoding, numerics, lstm) for p in module.PROPERTIES]
 
 
 def test_extra_pad_changes_no_real_value(run_property):
@@ -87,10 +87,10 @@ def test_every_model_property_has_a_test_here():
 # -- the strategies reach what the properties claim to cover ------------------------------------
 
 def test_tolerances_are_the_documented_values():
-    assert model_properties.same_tolerance("float64") == pytest.approx(9.09e-13, rel=1e-3)
-    assert model_properties.same_tolerance("float32") == pytest.approx(4.88e-4, rel=1e-3)
+    assert model_checks.same_tolerance("float64") == pytest.approx(9.09e-13, rel=1e-3)
+    assert model_checks.same_tolerance("float32") == pytest.approx(4.88e-4, rel=1e-3)
     # below float16's eps: a half-precision path cannot pass the float32 property
-    assert model_properties.same_tolerance("float32") < np.finfo(np.float16).eps
+    assert model_checks.same_tolerance("float32") < np.finfo(np.float16).eps
 
 
 @pytest.mark.parametrize("score", ["general", "concat"])
@@ -100,7 +100,7 @@ def test_scale_up_reaches_but_does_not_pass_the_score_bound(score):
     rng = np.random.default_rng(0)
     p = {n: rng.normal(0, 0.5, s) for n, s in param_shapes(cfg).items()}
     case = ModelCase(cfg, p, np.array([[3, 4]]), np.array([2]), np.array([[1, 2]]))
-    big = model_properties.scale_up(case, 1e4, 1e4, 1.0, 1.0, 1.0).params
+    big = numerics.scale_up(case, 1e4, 1e4, 1.0, 1.0, 1.0).params
     H = cfg.H
     # The worst |score| over unit-bounded h and k: attained at sign vectors.
     if score == "general":
@@ -120,14 +120,14 @@ def test_large_values_saturate_the_attention(score):
     """Scaled to |score| <= 1e4, the attention of a random case is one-hot: the safety cases are extreme."""
     cfg = Config(V_src=6, V_tgt=6, E=2, H=3, score=score)
     p, src, src_len, tgt = random_case(cfg, B=2, S=4, T=3, seed=0)
-    big = model_properties.scale_up(ModelCase(cfg, p, src, src_len, tgt), 1e4, 1e4, 1.0, 1.0, 1.0)
+    big = numerics.scale_up(ModelCase(cfg, p, src, src_len, tgt), 1e4, 1e4, 1.0, 1.0, 1.0)
     a = IMPL.forward(big.params, cfg, big.src, big.src_len, big.tgt).attention
     assert np.all(a.max(axis=2) > 0.99)
 
 
 def test_wide_beam_enumerates_every_hypothesis():
     # V = 4 (EOS = 2), max_len = 2: EOS; x EOS (3 ways); x y (9 ways without EOS).
-    seqs = model_properties._all_sequences(4, 2, 2)
+    seqs = decoding._all_sequences(4, 2, 2)
     assert len(seqs) == 1 + 3 + 9 == len(set(seqs))
     assert (2,) in seqs and (0, 2) in seqs and (3, 1) in seqs and (2, 2) not in seqs
 
