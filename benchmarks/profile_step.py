@@ -33,8 +33,8 @@ from attnspec.impl.kernels_attention import attention_backward, attention_forwar
 from attnspec.impl.kernels_decoder import decoder_backward, decoder_forward  # noqa: E402
 from attnspec.impl.kernels_lstm import lstm_cell_backward, lstm_cell_forward  # noqa: E402
 from attnspec.impl.kernels_model import (embed_backward, embed_time_major, encoder_backward,  # noqa: E402
-                                         encoder_forward, final_state, generator_backward,
-                                         generator_forward, log_softmax_rows)
+                                         encoder_forward, final_state, generator_loss_backward)
+from attnspec.impl.kernels_vocab import log_softmax_grad_rows  # noqa: E402
 
 
 # -- drivers: each kind of per-step work, repeated n times inside compiled code -----------
@@ -71,7 +71,7 @@ def attn_fwd(n, query, keys, keys_proj, W_q, v_a, denom, src_row, src_len, q_pro
 def out_layer_fwd(n, cat, W_c):
     """h~ = tanh(W_c [ctx; h]) (B, H)."""
     for _ in range(n):
-        h_tilde = np.tanh(cat @ W_c.T)
+        h_tilde = np.tanh(cat @ W_c.T)   # libm tanh: the kernels' float32 tanh is faster
     return h_tilde
 
 
@@ -100,8 +100,10 @@ def rec_gemms_bwd(n, dz, W_hh, W_feed, dpre, W_c):
 
 
 @njit
-def log_softmax_only(x, probs):
-    log_softmax_rows(x, probs)
+def loss_grad_rows_only(x, bias, labels, pad, count):
+    """The fused per-row vocabulary work of training: log p_y and dlogits in place."""
+    log_softmax_grad_rows(x, bias, labels, pad, count, np.empty(x.shape[0], x.dtype),
+                          np.zeros(x.shape[1], x.dtype))
 
 
 @njit
@@ -153,30 +155,25 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
     dec = decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len)
     h_tilde_bt = np.ascontiguousarray(dec[7][1:].transpose(1, 0, 2).reshape(B * T, H))
     logits = mm_nt(h_tilde_bt, w.W_out)
-    rows.append(("GEMM big", "generator GEMM h~ W_out^T (B*T, V)", med(lambda: mm_nt(h_tilde_bt, w.W_out), repeats)))
-    probs = np.empty_like(logits)
-    rows.append(("softmax vocab", "generator log_softmax (+ probs)", med(lambda: log_softmax_only(logits.copy(), probs), repeats)
-                 - med(lambda: logits.copy(), repeats)))
-    gen_total = med(lambda: generator_forward(h_tilde_bt, w.W_out, w.b_out, True), repeats)
-    log_probs, probs = generator_forward(h_tilde_bt, w.W_out, w.b_out, True)
-    rows.append(("-", "generator_forward", gen_total))
-    rows.append(("python", "NLL (_nll)", med(lambda: M._nll(log_probs, y_out, config), repeats)))
-
-    # backward kernels
     count = dt.type(B * T)
     labels = y_out.reshape(B * T)
-    rows.append(("-", "generator_backward", med(lambda: generator_backward(h_tilde_bt, w.W_out, probs, labels, config.pad_id, count), repeats)))
-    dlogits = probs.copy()
+    rows.append(("GEMM big", "generator GEMM h~ W_out^T (B*T, V)", med(lambda: mm_nt(h_tilde_bt, w.W_out), repeats)))
+    rows.append(("softmax vocab", "generator loss + dlogits rows (fused, in place)",
+                 med(lambda: loss_grad_rows_only(logits.copy(), w.b_out, labels, config.pad_id, count), repeats)
+                 - med(lambda: logits.copy(), repeats)))
+    rows.append(("-", "generator_loss_backward (forward + backward)",
+                 med(lambda: generator_loss_backward(h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, count), repeats)))
+    dlogits = logits
     rows.append(("GEMM big", "generator dW_out = dlogits^T h~", med(lambda: mm_tn(dlogits, h_tilde_bt), repeats)))
     rows.append(("GEMM big", "generator dh~ = dlogits W_out", med(lambda: mm_nn(dlogits, w.W_out), repeats)))
-    _, _, dh_bt = generator_backward(h_tilde_bt, w.W_out, probs, labels, config.pad_id, count)
+    _, dW_out, db_out, dh_bt = generator_loss_backward(h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, count)
     dh_tilde = np.ascontiguousarray(dh_bt.reshape(B, T, H).transpose(1, 0, 2))
     gates, c, tanh_c, h, a, cat, q_proj, h_tilde = dec
     rows.append(("-", "decoder_backward", med(lambda: decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde), repeats)))
     db = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde)
     rows.append(("copies", "embed_backward (target)", med(lambda: embed_backward(db[0], y_in, w.emb_tgt.shape[0]), repeats)))
     rows.append(("-", "encoder_backward", med(lambda: encoder_backward(w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, db[10], db[11], db[12]), repeats)))
-    g = M.model_backward(w, src, src_len, y_in, y_out, config.pad_id, count, enc, y_emb, dec, h_tilde_bt, log_probs, probs)
+    g = M.model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_bt) + (dW_out, db_out)
     rows.append(("python", "unpack_grads + finiteness check", med(lambda: [np.all(np.isfinite(v)) for v in M.unpack_grads(g, config).values()], repeats)))
 
     # split of the decoder per step (T steps), forward

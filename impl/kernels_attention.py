@@ -20,15 +20,15 @@ extra PAD columns change nothing.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from .kernels_util import add_, copy_
+from .kernels_math import exp_, tanh_
+from .kernels_util import add_, copy_, kernel
 
 NONE, DOT, SCALED_DOT, GENERAL, CONCAT = 0, 1, 2, 3, 4
 MODES = {"none": NONE, "dot": DOT, "scaled_dot": SCALED_DOT, "general": GENERAL, "concat": CONCAT}
 
 
-@njit(cache=True)
+@kernel
 def project_keys(mode, keys, W_k):
     """keys_proj (B, S, H) = keys @ W_k^T for general/concat (one GEMM); an empty array otherwise."""
     B, S, H = keys.shape
@@ -37,14 +37,14 @@ def project_keys(mode, keys, W_k):
     return np.zeros((0, 0, 0), keys.dtype)
 
 
-@njit(cache=True)
+@kernel
 def masked_softmax(scores, a):
     """a[:n] = softmax(scores) with the maximum subtracted (n = len(scores)); a[n:] = 0 exactly."""
     n = scores.shape[0]
     m = scores.max()
     total = np.zeros(1, a.dtype)[0]
     for s in range(n):
-        w = np.exp(scores[s] - m)
+        w = exp_(scores[s] - m)
         a[s] = w
         total += w
     for s in range(n):
@@ -53,7 +53,7 @@ def masked_softmax(scores, a):
         a[s] = 0.0
 
 
-@njit(cache=True)
+@kernel
 def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, src_len, q_proj, a, ctx):
     """Scores, masked softmax and context for every query row.
 
@@ -72,7 +72,7 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
             for s in range(n):
                 acc = np.zeros(1, query.dtype)[0]
                 for j in range(H):
-                    acc += v_a[j] * np.tanh(q_proj[r, j] + keys_proj[b, s, j])
+                    acc += v_a[j] * tanh_(q_proj[r, j] + keys_proj[b, s, j])
                 scores[s] = acc
         elif mode == GENERAL:
             scores = keys_proj[b, :n] @ query[r]                      # (n,)
@@ -86,7 +86,7 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
             ctx[r, j] = ctx_r[j]
 
 
-@njit(cache=True)
+@kernel
 def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, src_len, q_proj, a,
                        dctx, dquery, de, dq_proj, dkeys_proj, dv_a):
     """Backward of ``attention_forward`` for one step, except the key gradients that
@@ -117,7 +117,7 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
                 dq_proj[r, j] = 0.0
             for s in range(n):
                 for j in range(H):
-                    u = np.tanh(q_proj[r, j] + keys_proj[b, s, j])
+                    u = tanh_(q_proj[r, j] + keys_proj[b, s, j])
                     dv_a[j] += de[r, s] * u
                     g = de[r, s] * v_a[j] * (one - u * u)
                     dq_proj[r, j] += g
@@ -135,7 +135,7 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
         add_(dquery, dq_proj @ W_q)                                   # (R, H)
 
 
-@njit(cache=True)
+@kernel
 def attention_keys_backward(mode, a, de, dctx, query, keys, W_k, denom, dkeys_proj):
     """Gradient of the keys and of W_k, as GEMMs over all decoder steps (training: R = B).
 

@@ -9,28 +9,29 @@ Beam search keeps R = B*K rows, row r attending to source row r // K.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from .kernels_decoder import decoder_step
-from .kernels_model import embed_time_major, encoder_forward, final_state, generator_forward
-from .kernels_util import add_bias_
+from .kernels_model import embed_time_major, encoder_forward, final_state
+from .kernels_util import add_bias_, kernel
+from .kernels_vocab import greedy_pick, top_log_probs
 
 
-@njit(cache=True)
+@kernel
 def decode_step(w, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One step for R rows fed the tokens y_prev (R,): writes the new state and a (R, S);
-    returns log_probs (R, V)."""
+    returns the generator's logits (R, V) without its bias (added by the row routines
+    of ``kernels_vocab``, which need only the best few log-probabilities)."""
     R = y_prev.shape[0]
     y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]      # (R, E)
     xw0 = y_emb @ w.dec_W_emb.T                                       # (R, 4H)
     add_bias_(xw0, w.dec_b[0])
     decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde)
-    return generator_forward(h_tilde, w.W_out, w.b_out, False)[0]
+    return h_tilde @ w.W_out.T
 
 
-@njit(cache=True)
+@kernel
 def _state(L, R, H, S, dt):
     """Buffers of one decoder step for R rows."""
     return (np.empty((L, R, 4 * H), dt), np.empty((L, R, H), dt), np.empty((L, R, H), dt),
@@ -38,7 +39,7 @@ def _state(L, R, H, S, dt):
             np.zeros((R, H), dt), np.empty((R, H), dt))
 
 
-@njit(cache=True)
+@kernel
 def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
     """Argmax decoding (lowest id on ties) until EOS or max_len.
 
@@ -59,15 +60,16 @@ def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
     done = np.zeros(B, np.bool_)
     src_row = np.arange(B)
     gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, B, H, S, dt)
+    scratch = np.empty(w.W_out.shape[0], dt)
     for t in range(max_len):
-        log_probs = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
-                                gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
+        logits = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
+                             gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
         for b in range(B):
             if done[b]:
                 continue
-            v = np.argmax(log_probs[b])                               # first maximum: lowest id
+            v, log_p = greedy_pick(logits[b], w.b_out, scratch)     # lowest id on ties
             tokens[b, t] = v
-            scores[b] += log_probs[b, v]
+            scores[b] += log_p
             attention[b, t] = a[b]
             lengths[b] = t + 1
             y[b] = v
@@ -81,22 +83,7 @@ def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
     return tokens, lengths, scores, attention
 
 
-@njit(cache=True)
-def top_tokens(log_probs, M, top, taken):
-    """The M best ids of log_probs (V,) into top, best first, lowest id on ties (O(V M))."""
-    V = log_probs.shape[0]
-    for v in range(V):
-        taken[v] = False
-    for m in range(M):
-        best = -1
-        for v in range(V):
-            if not taken[v] and (best == -1 or log_probs[v] > log_probs[best]):
-                best = v
-        taken[best] = True
-        top[m] = best
-
-
-@njit(cache=True)
+@kernel
 def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention):
     """Write the hypothesis that emitted tok_end at step t_end from beam slot k_end."""
     tokens[b, t_end] = tok_end
@@ -110,7 +97,7 @@ def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens
         k = parent
 
 
-@njit(cache=True)
+@kernel
 def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``decode.beam_search``).
 
@@ -162,12 +149,13 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     cand_k = np.empty(K * M, np.int64)
     cand_v = np.empty(K * M, np.int64)
     top = np.empty(M, np.int64)
-    taken = np.empty(V, np.bool_)
+    top_lp = np.empty(M, dt)
+    scratch = np.empty(V, dt)
     t_last = 0
     for t in range(max_len):
         t_last = t
-        log_probs = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
-                                gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
+        logits = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
+                             gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
         hist_att[t] = a
         for b in range(B):
             n_alive = 0
@@ -177,12 +165,11 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
                     r = b * K + k
                     if beam_score[r] == neg_inf:
                         continue
-                    top_tokens(log_probs[r], M, top, taken)
+                    top_log_probs(logits[r], w.b_out, scratch, top, top_lp)
                     for m in range(M):
-                        v = top[m]
-                        cand_score[n_c] = beam_score[r] + log_probs[r, v]
+                        cand_score[n_c] = beam_score[r] + top_lp[m]
                         cand_k[n_c] = k
-                        cand_v[n_c] = v
+                        cand_v[n_c] = top[m]
                         n_c += 1
                 order = np.argsort(-cand_score[:n_c], kind="mergesort")
                 for j in range(n_c):

@@ -17,14 +17,14 @@ is the initial state.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
+from .kernels_math import tanh_
 from .kernels_lstm import lstm_cell_backward, lstm_cell_forward
-from .kernels_util import add_, add_bias_, column_sum, copy_, swap01, take_layer, zero_
+from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, take_layer, zero_
 
 
-@njit(cache=True)
+@kernel
 def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One decoder step for R rows: writes gates (L, R, 4H), c, tanh_c, h (L, R, H),
@@ -61,10 +61,10 @@ def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row,
     pre = cat @ w.att_W_c.T                                           # (R, H), no bias
     for r in range(R):
         for j in range(H):
-            h_tilde[r, j] = np.tanh(pre[r, j])
+            h_tilde[r, j] = tanh_(pre[r, j])
 
 
-@njit(cache=True)
+@kernel
 def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
     """Teacher-forced decoder over all T steps. y_emb (T, B, E); h0, c0 (L, B, H)."""
     T, B, E = y_emb.shape
@@ -93,7 +93,7 @@ def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
     return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
 
 
-@njit(cache=True)
+@kernel
 def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde,
                      dh_tilde_out):
     """Backpropagation through the T decoder steps.

@@ -10,42 +10,47 @@ Arrays are time-major inside the kernels, ``(S, B, .)``, so that one time
 step is a contiguous ``(B, .)`` block for the recurrent matrix product.
 Kernels never check their input: the API in ``model.py`` does. Scalar
 constants are taken in the arrays' dtype (``one``) so that the float32 path
-stays float32, jitted or not.
+stays float32, jitted or not; the transcendentals come from ``kernels_math``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from .kernels_util import add_, add_bias_, column_sum, zero_
+from .kernels_math import sigmoid_, tanh_
+from .kernels_util import add_, add_bias_, column_sum, kernel, zero_
 
 
 # -- one cell --------------------------------------------------------------------
 
-@njit(cache=True)
+@kernel
 def lstm_cell_forward(z, c_prev, gates, c, tanh_c, h):
-    """From pre-activations ``z (B, 4H)`` and ``c_prev (B, H)`` write gates (B, 4H), c, tanh(c), h (B, H)."""
+    """From pre-activations ``z (B, 4H)`` and ``c_prev (B, H)`` write gates (B, 4H), c, tanh(c), h (B, H).
+
+    One simple pass per quantity rather than one loop doing everything: each
+    pass touches two or three arrays, few enough for LLVM's overlap checks, so
+    that in float32 every pass is vectorised (3x faster than the fused loop).
+    """
     B, H = c_prev.shape
-    one = np.ones(1, z.dtype)[0]
+    for b in range(B):
+        for j in range(2 * H):                                        # i, f
+            gates[b, j] = sigmoid_(z[b, j])
+        for j in range(2 * H, 3 * H):                                 # g
+            gates[b, j] = tanh_(z[b, j])
+        for j in range(3 * H, 4 * H):                                 # o
+            gates[b, j] = sigmoid_(z[b, j])
+    for b in range(B):
+        for j in range(H):                                            # c' = f c + i g
+            c[b, j] = gates[b, H + j] * c_prev[b, j] + gates[b, j] * gates[b, 2 * H + j]
     for b in range(B):
         for j in range(H):
-            i = one / (one + np.exp(-z[b, j]))
-            f = one / (one + np.exp(-z[b, H + j]))
-            g = np.tanh(z[b, 2 * H + j])
-            o = one / (one + np.exp(-z[b, 3 * H + j]))
-            gates[b, j] = i
-            gates[b, H + j] = f
-            gates[b, 2 * H + j] = g
-            gates[b, 3 * H + j] = o
-            c_new = f * c_prev[b, j] + i * g
-            t = np.tanh(c_new)
-            c[b, j] = c_new
-            tanh_c[b, j] = t
-            h[b, j] = o * t
+            tanh_c[b, j] = tanh_(c[b, j])
+    for b in range(B):
+        for j in range(H):                                            # h' = o tanh(c')
+            h[b, j] = gates[b, 3 * H + j] * tanh_c[b, j]
 
 
-@njit(cache=True)
+@kernel
 def lstm_cell_backward(dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
     """Given dL/dh' and dL/dc' (B, H) at the cell's outputs, write dL/dz (B, 4H) and dL/dc (B, H).
 
@@ -74,7 +79,7 @@ def lstm_cell_backward(dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
 
 # -- one encoder layer over time (state frozen past src_len) ------------------------
 
-@njit(cache=True)
+@kernel
 def lstm_layer_forward(x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
     """Run one layer over all S steps from the zero state; rows freeze once s >= src_len.
 
@@ -104,7 +109,7 @@ def lstm_layer_forward(x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
                     gates[s, b, j] = 0.0
 
 
-@njit(cache=True)
+@kernel
 def lstm_layer_backward(x, W_ih, W_hh, src_len, gates, c, tanh_c, h, dh_out, dh_last, dc_last):
     """Backpropagation through time of ``lstm_layer_forward``.
 

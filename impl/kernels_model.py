@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
 
 from .kernels_attention import project_keys
 from .kernels_decoder import decoder_backward, decoder_forward
 from .kernels_lstm import lstm_layer_backward, lstm_layer_forward
-from .kernels_util import add_bias_, column_sum, copy_, swap01
+from .kernels_util import copy_, kernel, swap01
+from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
 Weights = namedtuple("Weights", [
     "mode",         # int, kernels_attention.MODES[score]
@@ -51,7 +51,7 @@ Weights = namedtuple("Weights", [
 
 # -- embeddings ---------------------------------------------------------------------
 
-@njit(cache=True)
+@kernel
 def embed_time_major(table, ids):
     """ids (B, S) -> table[ids] as (S, B, E)."""
     B, S = ids.shape
@@ -64,7 +64,7 @@ def embed_time_major(table, ids):
     return out
 
 
-@njit(cache=True)
+@kernel
 def embed_backward(d_out, ids, V):
     """Scatter-add d_out (S, B, E) into the rows ids (B, S) of a (V, E) gradient, in a fixed order."""
     S, B, E = d_out.shape
@@ -78,67 +78,37 @@ def embed_backward(d_out, ids, V):
 
 # -- generator and loss -------------------------------------------------------------
 
-@njit(cache=True)
-def log_softmax_rows(x, probs):
-    """In place, per row: x - max - log(sum(exp(x - max))). If probs has rows, also
-    store softmax(x) = exp(x - max) / sum there (for backward, saving a second exp)."""
-    N, V = x.shape
-    keep = probs.shape[0] > 0
-    for n in range(N):
-        m = x[n, 0]
-        for v in range(1, V):
-            m = max(m, x[n, v])
-        total = np.zeros(1, x.dtype)[0]
-        for v in range(V):
-            e = np.exp(x[n, v] - m)
-            total += e
-            if keep:
-                probs[n, v] = e
-        lse = np.log(total)
-        for v in range(V):
-            x[n, v] = (x[n, v] - m) - lse
-            if keep:
-                probs[n, v] = probs[n, v] / total
-
-
-@njit(cache=True)
-def generator_forward(h_tilde, W_out, b_out, keep_probs):
-    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out), one GEMM over all N rows;
-    probs (N, V) = softmax as well when keep_probs (else an empty array)."""
+@kernel
+def generator_log_probs(h_tilde, W_out, b_out):
+    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out), one GEMM over all N rows."""
     log_probs = h_tilde @ W_out.T
-    add_bias_(log_probs, b_out)
-    if keep_probs:
-        probs = np.empty_like(log_probs)
-    else:
-        probs = np.empty((0, 0), log_probs.dtype)
-    log_softmax_rows(log_probs, probs)
-    return log_probs, probs
+    log_softmax_rows(log_probs, b_out)
+    return log_probs
 
 
-@njit(cache=True)
-def generator_backward(h_tilde, W_out, probs, labels, pad, count):
-    """dlogits = (softmax - onehot(label)) / count on non-PAD rows, 0 on PAD rows.
+@kernel
+def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count):
+    """The generator's forward and backward in one: the loss never needs all of log p.
 
-    Returns dW_out = dlogits^T @ h~, db_out, dh~ = dlogits @ W_out (GEMMs over all N rows).
+    Returns picked (N,) = log p of each row's label (0 on PAD rows), and, with
+    dlogits = (softmax - onehot(label)) / count on non-PAD rows and 0 on PAD rows,
+    dW_out = dlogits^T @ h~, db_out, dh~ = dlogits @ W_out (GEMMs over all N rows).
+    The logits buffer becomes dlogits in place (``kernels_vocab``).
     """
-    N, V = probs.shape
-    dlogits = np.zeros_like(probs)
-    one = np.ones(1, probs.dtype)[0]
-    for n in range(N):
-        y = labels[n]
-        if y != pad:
-            for v in range(V):
-                dlogits[n, v] = probs[n, v] / count
-            dlogits[n, y] = (probs[n, y] - one) / count
+    N = h_tilde.shape[0]
+    V = W_out.shape[0]
+    dlogits = h_tilde @ W_out.T                                       # logits for now
+    picked = np.empty(N, h_tilde.dtype)
+    db_out = np.zeros(V, h_tilde.dtype)
+    log_softmax_grad_rows(dlogits, b_out, labels, pad, count, picked, db_out)
     dW_out = dlogits.T @ h_tilde                                      # (V, H)
-    db_out = column_sum(dlogits)
     dh_tilde = dlogits @ W_out                                        # (N, H)
-    return dW_out, db_out, dh_tilde
+    return picked, dW_out, db_out, dh_tilde
 
 
 # -- encoder stack ------------------------------------------------------------------
 
-@njit(cache=True)
+@kernel
 def encoder_forward(w, src, src_len):
     """Embed and run the L encoder layers (each over all S steps before the next).
 
@@ -164,7 +134,7 @@ def encoder_forward(w, src, src_len):
     return x, gates, c, tanh_c, h, keys, keys_proj
 
 
-@njit(cache=True)
+@kernel
 def final_state(enc_c, enc_h):
     """The encoder's final (h, c) of every layer, (L, B, H) each: the decoder's initial state."""
     L, S1, B, H = enc_h.shape
@@ -176,7 +146,7 @@ def final_state(enc_c, enc_h):
     return h0, c0
 
 
-@njit(cache=True)
+@kernel
 def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, dc_final):
     """Backward through the encoder stack, top layer first, into the source embeddings."""
     L, H4, H = w.enc_W_hh.shape
@@ -202,13 +172,12 @@ def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, d
 
 # -- the whole model ----------------------------------------------------------------
 
-@njit(cache=True)
-def model_forward(w, src, src_len, y_in, keep_probs):
-    """Encoder, teacher-forced decoder and generator.
+@kernel
+def model_forward(w, src, src_len, y_in):
+    """Encoder and teacher-forced decoder, up to the generator's input.
 
-    Returns (enc, y_emb, dec, h_tilde_bt, log_probs, probs), the caches backward needs,
-    with h_tilde_bt (B*T, H), log_probs and probs (B*T, V) in batch-major row order
-    (probs empty unless keep_probs).
+    Returns (enc, y_emb, dec, h_tilde_bt), the caches backward needs, with
+    h_tilde_bt (B*T, H) in batch-major row order: the generator's input.
     """
     B, T = y_in.shape
     enc = encoder_forward(w, src, src_len)
@@ -219,19 +188,19 @@ def model_forward(w, src, src_len, y_in, keep_probs):
     h_tilde = dec[7]
     H = h_tilde.shape[2]
     h_tilde_bt = swap01(h_tilde[1:]).reshape(B * T, H)           # (B*T, H)
-    log_probs, probs = generator_forward(h_tilde_bt, w.W_out, w.b_out, keep_probs)   # (B*T, V)
-    return enc, y_emb, dec, h_tilde_bt, log_probs, probs
+    return enc, y_emb, dec, h_tilde_bt
 
 
-@njit(cache=True)
-def model_backward(w, src, src_len, y_in, y_out, pad, count, enc, y_emb, dec, h_tilde_bt, log_probs, probs):
-    """All gradients of loss = sum of -log p over non-PAD labels / count, as one tuple."""
+@kernel
+def model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt):
+    """All gradients below the generator, given dL/dh~ (B*T, H) from ``generator_loss_backward``.
+
+    Returns the gradient tuple without the generator's (dW_out, db_out).
+    """
     B, T = y_in.shape
     x, e_gates, e_c, e_tanh_c, e_h, keys, keys_proj = enc
     gates, c, tanh_c, h, a, cat, q_proj, h_tilde = dec
     H = h_tilde.shape[2]
-    dW_out, db_out, dh_tilde_bt = generator_backward(h_tilde_bt, w.W_out, probs, y_out.reshape(B * T),
-                                                     pad, count)
     dh_tilde = swap01(dh_tilde_bt.reshape(B, T, H))              # (T, B, H)
     (dy_emb, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b, dW_c, dW_q, dW_k, dv_a, dkeys,
      dh0, dc0) = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj,
@@ -241,4 +210,4 @@ def model_backward(w, src, src_len, y_in, y_out, pad, count, enc, y_emb, dec, h_
         w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, dkeys, dh0, dc0)
     return (demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b,
             demb_tgt, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b,
-            dW_q, dW_k, dv_a, dW_c, dW_out, db_out)
+            dW_q, dW_k, dv_a, dW_c)

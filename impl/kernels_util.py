@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# Every kernel: cached on disk, and NumPy's error model (x / 0 gives inf or NaN,
+# which the API's finiteness checks report) instead of Python's ZeroDivisionError,
+# whose test before every division keeps LLVM from vectorising a loop.
+kernel = njit(cache=True, error_model="numpy")
 
-@njit(cache=True)
+
+@kernel
 def add_(out, x):
     """out += x, both (N, M)."""
     N, M = out.shape
@@ -20,7 +25,7 @@ def add_(out, x):
             out[n, m] += x[n, m]
 
 
-@njit(cache=True)
+@kernel
 def add_bias_(out, bias):
     """out[n] += bias for every row n of out (N, M)."""
     N, M = out.shape
@@ -29,7 +34,7 @@ def add_bias_(out, bias):
             out[n, m] += bias[m]
 
 
-@njit(cache=True)
+@kernel
 def copy_(out, x):
     """out[...] = x, both (N, M)."""
     N, M = out.shape
@@ -38,7 +43,7 @@ def copy_(out, x):
             out[n, m] = x[n, m]
 
 
-@njit(cache=True)
+@kernel
 def zero_(out):
     """out[...] = 0 for a 2-D out."""
     N, M = out.shape
@@ -47,7 +52,7 @@ def zero_(out):
             out[n, m] = 0.0
 
 
-@njit(cache=True)
+@kernel
 def swap01(x):
     """(A, B, X) -> contiguous (B, A, X)."""
     A, B, X = x.shape
@@ -59,7 +64,7 @@ def swap01(x):
     return out
 
 
-@njit(cache=True)
+@kernel
 def take_layer(h, k, t0, t1):
     """Contiguous copy of h[t0:t1, k] for h (T, L, B, H): (t1 - t0, B, H)."""
     _, _, B, H = h.shape
@@ -71,7 +76,7 @@ def take_layer(h, k, t0, t1):
     return out
 
 
-@njit(cache=True)
+@kernel
 def column_sum(m):
     """Sum over the rows of m (N, M), in a fixed order (deterministic)."""
     out = np.zeros(m.shape[1], m.dtype)

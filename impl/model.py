@@ -16,7 +16,8 @@ import numpy as np
 from ..spec.config import Config, param_shapes
 from ..spec.validate import check_batch, check_params
 from .kernels_attention import MODES
-from .kernels_model import Weights, model_backward, model_forward
+from .kernels_model import (Weights, generator_log_probs, generator_loss_backward, model_backward,
+                            model_forward)
 
 __all__ = ["ForwardResult", "init_params", "forward", "loss_and_grads"]
 
@@ -172,21 +173,21 @@ def forward(params, config: Config, src, src_len, tgt) -> ForwardResult:
     """Teacher-forced forward pass of MODEL.md on ``tgt`` (``y_in = tgt[:, :-1]``, labels ``tgt[:, 1:]``)."""
     config, w, src, src_len, y_in, y_out = _prepare(params, config, src, src_len, tgt)
     B, T = y_in.shape
-    enc, y_emb, dec, h_tilde_bt, log_probs, _ = model_forward(w, src, src_len, y_in, False)
-    total, count = _nll(log_probs, y_out, config)
-    loss = float(total / count)
+    enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
+    log_probs = generator_log_probs(h_tilde_bt, w.W_out, w.b_out)     # (B*T, V)
+    labels = y_out.reshape(-1)
+    rows = np.flatnonzero(labels != config.pad_id)
+    loss = _mean_nll(log_probs[rows, labels[rows]], rows.size)
     log_probs = log_probs.reshape(B, T, config.V_tgt)
     attention = np.ascontiguousarray(dec[4].transpose(1, 0, 2))      # (T, B, S) -> (B, T, S)
     _check_finite("forward", log_probs, np.asarray(loss))
     return ForwardResult(loss=loss, log_probs=log_probs, attention=attention)
 
 
-def _nll(log_probs, y_out, config):
-    labels = y_out.reshape(-1)
-    mask = labels != config.pad_id
-    picked = log_probs[np.flatnonzero(mask), labels[mask]]
+def _mean_nll(picked, count) -> float:
+    """-sum(picked) / count in the dtype of picked (the log-probs of the labels)."""
     with np.errstate(over="ignore", invalid="ignore"):              # reported by _check_finite
-        return -np.sum(picked, dtype=log_probs.dtype), int(mask.sum())
+        return float(-np.sum(picked, dtype=picked.dtype) / count)
 
 
 def loss_and_grads(params, config: Config, src, src_len, tgt) -> tuple[float, dict[str, np.ndarray]]:
@@ -196,11 +197,13 @@ def loss_and_grads(params, config: Config, src, src_len, tgt) -> tuple[float, di
     """
     config, w, src, src_len, y_in, y_out = _prepare(params, config, src, src_len, tgt)
     dt = np.dtype(config.dtype)
-    enc, y_emb, dec, h_tilde_bt, log_probs, probs = model_forward(w, src, src_len, y_in, True)
-    total, count = _nll(log_probs, y_out, config)
-    loss = float(total / count)
-    g = model_backward(w, src, src_len, y_in, y_out, config.pad_id, dt.type(count), enc, y_emb, dec,
-                       h_tilde_bt, log_probs, probs)
-    grads = unpack_grads(g, config)
+    enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
+    labels = y_out.reshape(-1)
+    rows = np.flatnonzero(labels != config.pad_id)
+    picked, dW_out, db_out, dh_tilde_bt = generator_loss_backward(
+        h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, dt.type(rows.size))
+    loss = _mean_nll(picked[rows], rows.size)
+    g = model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt)
+    grads = unpack_grads(g + (dW_out, db_out), config)
     _check_finite("loss_and_grads", np.asarray(loss), *grads.values())
     return loss, grads

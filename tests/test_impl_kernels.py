@@ -1,0 +1,240 @@
+"""The float32 transcendentals and the fused vocabulary kernels (impl/kernels_math.py, kernels_vocab.py).
+
+The model-level properties already cover them end to end; these tests pin each
+routine on its own, against float64 NumPy, including the edge cases (NaN, +-inf,
+overflow, ties, rows shorter than the 16-lane blocks) that random models rarely reach.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from attnspec.impl.kernels_math import exp_, expf, sigmoid_, tanh_, tanhf
+from attnspec.impl.kernels_util import kernel
+from attnspec.impl.kernels_vocab import (add_bias_max, exp_shifted_sum, greedy_pick, log_softmax_grad_rows,
+                                         log_softmax_rows, top_log_probs)
+
+F32 = np.float32
+
+
+@kernel
+def _map_exp(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_(x[i])
+
+
+@kernel
+def _map_tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = tanh_(x[i])
+
+
+@kernel
+def _map_sigmoid(x, out):
+    for i in range(x.shape[0]):
+        out[i] = sigmoid_(x[i])
+
+
+MAPS = {"exp": (_map_exp, np.exp), "tanh": (_map_tanh, np.tanh),
+        "sigmoid": (_map_sigmoid, lambda x: 1.0 / (1.0 + np.exp(-x)))}
+
+
+def max_ulps(got32, exact64):
+    """Largest |got - exact| / ulp(exact) over the entries whose exact value is a normal float32."""
+    normal = (np.abs(exact64) >= np.finfo(F32).tiny) & (np.abs(exact64) <= np.finfo(F32).max)
+    exact32 = np.where(normal, exact64, 1.0).astype(F32)
+    return float(np.max(np.abs(got32[normal].astype(np.float64) - exact64[normal])
+                        / np.spacing(np.abs(exact32[normal]))))
+
+
+# Every x that the kernels see: the whole range where the result is a normal float32.
+SWEEP = np.concatenate([np.linspace(-90, 90, 400_001), np.geomspace(1e-8, 1.0, 20_001),
+                        -np.geomspace(1e-8, 1.0, 20_001)]).astype(F32)
+
+
+# Error budgets in ulps of the result: the polynomials of expf and tanhf are accurate to
+# about 1 ulp (Cephes), and their last multiply or division rounds once more: 2. sigmoid
+# = 1 / (1 + expf(-x)) carries expf's error (damped by e/(1+e) <= 1) plus the roundings of
+# the sum and of the division, each half an ulp, which in ulps of a result near the bottom
+# of its binade count up to twice: 3. (Measured over SWEEP: 0.99, 1.25, 2.15.)
+ULP_BOUND = {"exp": 2.0, "tanh": 2.0, "sigmoid": 3.0}
+
+
+@pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid"])
+def test_float32_transcendentals_are_within_their_ulp_budget(name):
+    fn, exact = MAPS[name]
+    got = np.empty_like(SWEEP)
+    fn(SWEEP, got)
+    assert got.dtype == F32
+    assert max_ulps(got, exact(SWEEP.astype(np.float64))) <= ULP_BOUND[name]
+
+
+def test_the_ulp_measure_rejects_a_polynomial_one_term_short():
+    """The accuracy test can fail: e^r ~ 1 + r + r^2/2 without the higher terms is far off."""
+    r = np.linspace(-0.34, 0.34, 1001).astype(F32)
+    crude = (1 + r + r * r / 2).astype(F32)
+    assert max_ulps(crude, np.exp(r.astype(np.float64))) > 100
+
+
+def test_float32_special_values():
+    x = np.array([np.nan, -np.inf, np.inf, -1e4, -100, -90, 88.8, 1e4, -0.0, 0.0], F32)
+    out = np.empty_like(x)
+    _map_exp(x, out)
+    assert np.isnan(out[0])
+    # e^-100 and e^-90 are subnormal: right to within one subnormal step (1.4e-45)
+    np.testing.assert_allclose(out[1:], [0, np.inf, 0, np.exp(-100.0), np.exp(-90.0), np.inf, np.inf, 1, 1],
+                               rtol=1e-6, atol=1.5e-45)
+    _map_tanh(x, out)
+    assert np.isnan(out[0])
+    np.testing.assert_array_equal(out[1:], [-1, 1, -1, -1, -1, 1, 1, 0, 0])
+    _map_sigmoid(x, out)
+    assert np.isnan(out[0])
+    np.testing.assert_array_equal(out[1:], [0, 1, 0, 0, 0, 1, 1, 0.5, 0.5])
+
+
+def test_float32_tanh_is_odd():
+    x = SWEEP[SWEEP > 0]
+    pos, neg = np.empty_like(x), np.empty_like(x)
+    _map_tanh(x, pos)
+    _map_tanh(-x, neg)
+    np.testing.assert_array_equal(neg, -pos)
+
+
+@kernel
+def _map_np_float64(x, out_exp, out_tanh, out_sigmoid):
+    """What the kernels computed before kernels_math: np.exp and np.tanh compiled by Numba."""
+    for i in range(x.shape[0]):
+        out_exp[i] = np.exp(x[i])
+        out_tanh[i] = np.tanh(x[i])
+        out_sigmoid[i] = 1.0 / (1.0 + np.exp(-x[i]))
+
+
+def test_float64_is_libm_bit_for_bit():
+    """float64 results must not change by a single bit: the dispatch is to Numba's np.exp / np.tanh
+    (libm; NumPy's own vectorised exp differs from it by an ulp in a few percent of cases)."""
+    x = np.random.default_rng(0).standard_normal(10_000) * 20
+    expected = [np.empty_like(x) for _ in range(3)]
+    _map_np_float64(x, *expected)
+    for fn, want in zip((_map_exp, _map_tanh, _map_sigmoid), expected):
+        out = np.empty_like(x)
+        fn(x, out)
+        np.testing.assert_array_equal(out, want)
+
+
+def test_pure_python_fallback_runs_the_same_formulas():
+    """With NUMBA_DISABLE_JIT the dispatchers run as Python: same values as the compiled code."""
+    x = np.array([-30.5, -1.25, -0.3, 1e-6, 0.7, 3.0, 40.0], F32)
+    compiled = np.empty_like(x)
+    for py, fn in ((exp_, _map_exp), (tanh_, _map_tanh), (sigmoid_, _map_sigmoid)):
+        fn(x, compiled)
+        python = np.array([py(v) for v in x], F32)
+        np.testing.assert_allclose(python, compiled, rtol=2 * np.finfo(F32).eps)
+    assert isinstance(exp_(np.float64(1.0)), float)
+    assert getattr(expf, "py_func", expf)(F32(0.0)) == 1
+    assert getattr(tanhf, "py_func", tanhf)(F32(0.0)) == 0
+
+
+# -- vocabulary rows ------------------------------------------------------------------------
+
+def _log_softmax64(x):
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return (x - m) - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("V", [1, 5, 16, 17, 100, 1000])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_add_bias_max_and_exp_shifted_sum(V, dtype):
+    rng = np.random.default_rng(V)
+    x = rng.standard_normal(V).astype(dtype) * 5
+    bias = rng.standard_normal(V).astype(dtype)
+    y = x.copy()
+    m = add_bias_max(y, bias)
+    np.testing.assert_array_equal(y, x + bias)
+    assert m == np.max(x + bias)
+    total = exp_shifted_sum(y, m)
+    expected = np.exp((x + bias).astype(np.float64) - float(m))
+    # float32: 2 ulps per exp (above) and V roundings in the sum, V <= 1000: 1e-5 relative
+    rtol = 1e-5 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(y, expected, rtol=rtol, atol=0)
+    np.testing.assert_allclose(total, expected.sum(), rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_softmax_rows_matches_float64(dtype):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((7, 300)) * 10).astype(dtype)
+    bias = rng.standard_normal(300).astype(dtype)
+    got = x.copy()
+    log_softmax_rows(got, bias)
+    # log p is O(10): absolute error of a few float32 ulps of 10 (1e-6 * 10) or float64 ones
+    atol = 1e-5 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(got, _log_softmax64(x + bias), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_loss_and_gradient_rows(dtype):
+    rng = np.random.default_rng(2)
+    N, V, pad = 9, 37, 0
+    x = (rng.standard_normal((N, V)) * 4).astype(dtype)
+    bias = rng.standard_normal(V).astype(dtype)
+    labels = rng.integers(1, V, N)
+    labels[[2, 5]] = pad
+    count = np.dtype(dtype).type(N - 2)
+    picked = np.full(N, np.nan, dtype)
+    db = np.zeros(V, dtype)
+    got = x.copy()
+    log_softmax_grad_rows(got, bias, labels, pad, count, picked, db)
+    lp = _log_softmax64(x + bias)
+    expected = np.exp(lp)
+    expected[np.arange(N), labels] -= 1
+    expected /= float(count)
+    expected[labels == pad] = 0
+    atol = 1e-6 if dtype == "float32" else 1e-15
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+    np.testing.assert_allclose(db, expected.sum(axis=0), rtol=0, atol=10 * atol)
+    np.testing.assert_allclose(picked, np.where(labels == pad, 0, lp[np.arange(N), labels]), rtol=0, atol=10 * atol)
+    assert np.all(got[labels == pad] == 0)
+
+
+def test_a_nan_logit_reaches_the_loss():
+    x = np.array([[0.5, np.nan, -1.0]], F32)
+    picked = np.zeros(1, F32)
+    log_softmax_grad_rows(x, np.zeros(3, F32), np.array([0]), -1, F32(1), picked, np.zeros(3, F32))
+    assert np.isnan(picked[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_greedy_pick_is_the_first_argmax_of_the_log_probs(dtype):
+    rng = np.random.default_rng(3)
+    for V in (1, 3, 16, 50):
+        x = rng.integers(-2, 3, V).astype(dtype)            # many ties
+        bias = np.zeros(V, dtype)
+        lp = x.copy()
+        log_softmax_rows(lp.reshape(1, V), bias)
+        v, log_p = greedy_pick(x.copy(), bias, np.empty(V, dtype))
+        assert v == int(np.argmax(lp)) and log_p == lp[v]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_top_log_probs_is_a_stable_sort(dtype):
+    rng = np.random.default_rng(4)
+    for V, M in ((1, 1), (5, 5), (12, 4), (40, 10), (300, 10)):
+        x = rng.integers(-3, 4, V).astype(dtype)            # many ties: lowest id first
+        bias = rng.integers(0, 2, V).astype(dtype)
+        lp = x + bias
+        log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
+        top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
+        top_log_probs(x.copy(), bias, np.empty(V, dtype), top, top_lp)
+        order = np.argsort(-lp, kind="stable")[:M]
+        np.testing.assert_array_equal(top, order)
+        np.testing.assert_array_equal(top_lp, lp[order])
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT: nothing is compiled")
+def test_jitted_kernels_are_numba_dispatchers():
+    """Guard against a kernel losing its decorator (it would run, slowly, as Python)."""
+    for f in (add_bias_max, log_softmax_rows, log_softmax_grad_rows, greedy_pick, top_log_probs, expf, tanhf):
+        assert isinstance(f, numba.core.registry.CPUDispatcher), f
