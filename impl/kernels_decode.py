@@ -84,6 +84,21 @@ def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
 
 
 @kernel
+def stable_order_desc(score, n, order):
+    """order[:n] = indices of score[:n], highest first, equal scores in index order.
+
+    An insertion sort: n <= K * 2K candidates is small, and NumPy's stable argsort
+    would cost Numba seconds of compilation (mergesort) for nothing.
+    """
+    for i in range(n):
+        j = i
+        while j > 0 and score[i] > score[order[j - 1]]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
+
+
+@kernel
 def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention):
     """Write the hypothesis that emitted tok_end at step t_end from beam slot k_end."""
     tokens[b, t_end] = tok_end
@@ -151,6 +166,7 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     top = np.empty(M, np.int64)
     top_lp = np.empty(M, dt)
     scratch = np.empty(V, dt)
+    order = np.empty(K * M, np.int64)
     t_last = 0
     for t in range(max_len):
         t_last = t
@@ -171,7 +187,7 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
                         cand_k[n_c] = k
                         cand_v[n_c] = top[m]
                         n_c += 1
-                order = np.argsort(-cand_score[:n_c], kind="mergesort")
+                stable_order_desc(cand_score, n_c, order)
                 for j in range(n_c):
                     i = order[j]
                     if cand_v[i] == eos:

@@ -238,3 +238,13 @@ def test_jitted_kernels_are_numba_dispatchers():
     """Guard against a kernel losing its decorator (it would run, slowly, as Python)."""
     for f in (add_bias_max, log_softmax_rows, log_softmax_grad_rows, greedy_pick, top_log_probs, expf, tanhf):
         assert isinstance(f, numba.core.registry.CPUDispatcher), f
+
+
+def test_beam_candidate_order_is_a_stable_descending_sort():
+    from attnspec.impl.kernels_decode import stable_order_desc
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 7, 50):
+        score = rng.integers(-3, 3, n + 3).astype(np.float64)     # ties; entries past n are ignored
+        order = np.full(n + 3, -1, np.int64)
+        stable_order_desc(score, n, order)
+        np.testing.assert_array_equal(order[:n], np.argsort(-score[:n], kind="stable"))
