@@ -165,6 +165,7 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     cand_v = np.empty(K * M, np.int64)
     top = np.empty(M, np.int64)
     top_lp = np.empty(M, dt)
+    top_x = np.empty(M, dt)
     scratch = np.empty(V, dt)
     order = np.empty(K * M, np.int64)
     t_last = 0
@@ -181,7 +182,7 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
                     r = b * K + k
                     if beam_score[r] == neg_inf:
                         continue
-                    top_log_probs(logits[r], w.b_out, scratch, top, top_lp)
+                    top_log_probs(logits[r], w.b_out, scratch, top, top_lp, top_x)
                     for m in range(M):
                         cand_score[n_c] = beam_score[r] + top_lp[m]
                         cand_k[n_c] = k

@@ -227,7 +227,7 @@ def test_top_log_probs_is_a_stable_sort(dtype):
         lp = x + bias
         log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
         top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), bias, np.empty(V, dtype), top, top_lp)
+        top_log_probs(x.copy(), bias, np.empty(V, dtype), top, top_lp, np.empty(M, dtype))
         order = np.argsort(-lp, kind="stable")[:M]
         np.testing.assert_array_equal(top, order)
         np.testing.assert_array_equal(top_lp, lp[order])
@@ -248,3 +248,24 @@ def test_beam_candidate_order_is_a_stable_descending_sort():
         order = np.full(n + 3, -1, np.int64)
         stable_order_desc(score, n, order)
         np.testing.assert_array_equal(order[:n], np.argsort(-score[:n], kind="stable"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_greedy_pick_ties_of_log_probs_between_different_logits(dtype):
+    """Logits a few ulps apart round to the same log-probability: the lowest such id wins,
+    as np.argmax over the log-probabilities says (the early-exit scan must not stop late)."""
+    rng = np.random.default_rng(6)
+    found = 0
+    for _ in range(300):
+        V = int(rng.integers(2, 40))
+        m = np.dtype(dtype).type(rng.uniform(-3, 3))
+        x = np.full(V, m, dtype) - rng.integers(0, 4, V) * np.spacing(np.abs(m)).astype(dtype)
+        x[rng.integers(0, V, V // 2)] -= 5                                   # some clearly smaller
+        x = x.astype(dtype)
+        bias = np.zeros(V, dtype)
+        lp = x.copy()
+        log_softmax_rows(lp.reshape(1, V), bias)
+        v, log_p = greedy_pick(x.copy(), bias, np.empty(V, dtype))
+        assert v == int(np.argmax(lp)) and log_p == lp[v]
+        found += int(np.argmax(lp)) != int(np.argmax(x))
+    assert found > 0          # the case this test is about did occur
