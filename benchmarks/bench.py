@@ -123,6 +123,27 @@ def gemm_rate(dtype: str, n: int, repeats: int) -> float:
     return 2 * n ** 3 / stats([timed(lambda: a @ b)[0] for _ in range(max(repeats, 5))])["median"] / 1e9
 
 
+def decode_gemm(size: str, dtype: str, repeats: int) -> dict:
+    """One decoding step's generator product, (R, H) @ (H, V) for R = B (greedy) and B*K (beam):
+    milliseconds with NumPy (SciPy's OpenBLAS, the BLAS Numba calls) and with PyTorch (MKL)."""
+    import torch
+    B, _, H, V = SIZES[size]
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((V, H)).astype(dtype)
+    out = {}
+    for name, R in (("greedy", B), ("beam", B * BEAM_K)):
+        h = rng.standard_normal((R, H)).astype(dtype)
+        th, tW = torch.from_numpy(h), torch.from_numpy(W)
+        times = {"numpy": [], "torch": []}
+        h @ W.T, th @ tW.T
+        for _ in range(max(repeats, 5)):                  # alternate, as everywhere else
+            times["numpy"].append(timed(lambda: h @ W.T)[0])
+            times["torch"].append(timed(lambda: th @ tW.T)[0])
+        out[name] = {k: stats(v)["median"] * 1e3 for k, v in times.items()}
+        out[name]["R"] = R
+    return out
+
+
 def torch_greedy_batched(model, src, src_len, max_len):
     """Greedy decoding written the way one writes it in PyTorch: whole batch per step, no per-row loop."""
     import torch
@@ -196,7 +217,7 @@ def bench_case(size, dtype, repeats, perturb_torch=False):
             times[k].append(dt)
             tokens[k] = out if isinstance(out, int) else B * T
     out = {"loss_numba": loss_nb, "loss_torch": loss_pt, "loss_rel_diff": rel,
-           "flops": train_flops(B, S, T, E, E, V)}
+           "flops": train_flops(B, S, T, E, E, V), "decode_gemm": decode_gemm(size, dtype, repeats)}
     for k in fns:
         s = stats(times[k])
         out[k] = {**s, "tokens": tokens[k], "tps": tokens[k] / s["median"],
@@ -330,6 +351,16 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
                      f"{fmt_tps(r['greedy_torch_batched'])} | **{ratio:.2f}x** | {verdict(ratio, DECODE_TARGET)} | "
                      f"{fmt_tps(r['beam_numba'])} | {fmt_tps(r['beam_torch'])} | **{beam:.2f}x** | "
                      f"{verdict(beam, DECODE_TARGET)} |")
+    lines += ["", "One decoding step's generator product `(R, H) @ (H, V)` (R = B for greedy, B*K for beam), "
+              "median ms on 2 threads: NumPy calls SciPy's OpenBLAS, the BLAS Numba's `@` uses; PyTorch "
+              "calls MKL. Both decoders spend most of a step in this product.", "",
+              "| size | dtype | greedy R | OpenBLAS | MKL | OpenBLAS / MKL time | beam R | OpenBLAS | MKL | "
+              "OpenBLAS / MKL time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (size, dtype), r in results.items():
+        g, b = r["decode_gemm"]["greedy"], r["decode_gemm"]["beam"]
+        lines.append(f"| {size} | {dtype} | {g['R']} | {g['numpy']:.2f} ms | {g['torch']:.2f} ms | "
+                     f"{g['numpy'] / g['torch']:.2f} | {b['R']} | {b['numpy']:.2f} ms | {b['torch']:.2f} ms | "
+                     f"{b['numpy'] / b['torch']:.2f} |")
     lines += ["", "### Fraction of the machine's GEMM rate reached by the training step", "",
               "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median; the "
               "machine rate is the best n. Step rate = `train_flops` / median step time, with "

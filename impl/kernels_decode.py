@@ -39,16 +39,31 @@ def _state(L, R, H, S, dt):
             np.zeros((R, H), dt), np.empty((R, H), dt))
 
 
-@kernel
+def encode(w, src, src_len):
+    """keys, keys_proj and the decoder's initial (h, c) (L, B, H) of a source batch.
+
+    Python, not compiled, as ``model_forward`` (see there): the decoding loops
+    below start from its results, so that they do not link and re-optimise the
+    whole encoder when Numba compiles them.
+    """
+    enc = encoder_forward(w, src, src_len)
+    h0, c0 = final_state(enc[2], enc[4])
+    return enc[5], enc[6], h0, c0
+
+
 def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
     """Argmax decoding (lowest id on ties) until EOS or max_len.
 
     Returns tokens (B, max_len), lengths (B,), scores (B,), attention (B, max_len, S).
     """
-    B, S = src.shape
-    enc = encoder_forward(w, src, src_len)
-    keys, keys_proj = enc[5], enc[6]
-    h, c = final_state(enc[2], enc[4])                                # (L, B, H)
+    keys, keys_proj, h0, c0 = encode(w, src, src_len)
+    return greedy_loop(w, keys, keys_proj, src_len, h0, c0, max_len, bos, eos, pad)
+
+
+@kernel
+def greedy_loop(w, keys, keys_proj, src_len, h, c, max_len, bos, eos, pad):
+    """The steps of ``greedy_kernel`` from the encoder's results; h, c (L, B, H) are overwritten."""
+    B, S = keys.shape[0], keys.shape[1]
     L, _, H = h.shape
     dt = keys.dtype
     h_tilde = np.zeros((B, H), dt)
@@ -112,8 +127,14 @@ def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens
         k = parent
 
 
-@kernel
 def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
+    """Beam search of width K per source row (see ``beam_loop`` and ``decode.beam_search``)."""
+    keys, keys_proj, h0, c0 = encode(w, src, src_len)
+    return beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad)
+
+
+@kernel
+def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``decode.beam_search``).
 
     Candidates: each live beam proposes its min(2K, V) best tokens (stable order:
@@ -123,11 +144,8 @@ def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     or at max_len, where its live beams count as hypotheses too.
     Returns tokens, lengths, scores, normalized scores, attention.
     """
-    B, S = src.shape
+    B, S = keys.shape[0], keys.shape[1]
     R = B * K
-    enc = encoder_forward(w, src, src_len)
-    keys, keys_proj = enc[5], enc[6]
-    h0, c0 = final_state(enc[2], enc[4])
     L, _, H = h0.shape
     dt = keys.dtype
     V = w.W_out.shape[0]

@@ -171,8 +171,10 @@ def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, d
 
 
 # -- the whole model ----------------------------------------------------------------
+# Plain Python on purpose: these two only chain the compiled pieces, once per step,
+# and compiling them cost 7-8 s per dtype (Numba re-optimises every kernel they link,
+# and their nested tuples of 15 arrays) to save some 50 microseconds a call.
 
-@kernel
 def model_forward(w, src, src_len, y_in):
     """Encoder and teacher-forced decoder, up to the generator's input.
 
@@ -191,7 +193,6 @@ def model_forward(w, src, src_len, y_in):
     return enc, y_emb, dec, h_tilde_bt
 
 
-@kernel
 def model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt):
     """All gradients below the generator, given dL/dh~ (B*T, H) from ``generator_loss_backward``.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..spec.config import Config, param_shapes
-from ..spec.validate import check_batch, check_params
+from ..spec.validate import all_finite, check_batch, check_params
 from .kernels_attention import MODES
 from .kernels_model import (Weights, generator_log_probs, generator_loss_backward, model_backward,
                             model_forward)
@@ -164,7 +164,7 @@ def _prepare(params, config, src, src_len, tgt):
 
 def _check_finite(name: str, *arrays) -> None:
     for a in arrays:
-        if not np.all(np.isfinite(a)):
+        if not all_finite(a):
             raise FloatingPointError(
                 f"{name}: non-finite result (overflow); the parameters are too large for {a.dtype}")
 

@@ -156,3 +156,18 @@ def test_prefix_masks_give_src_len_and_others_are_rejected():
                        (np.array([[1, 1, 0]]), "mask: expected a bool array")]:
         with pytest.raises((ValueError, TypeError), match=match):
             src_len_from_mask(bad, 1, 3)
+
+
+def test_all_finite_is_exact_even_when_the_sum_overflows():
+    from attnspec.spec.validate import all_finite
+    big = np.finfo(np.float32).max
+    assert all_finite(np.array([big, big, -1.0], np.float32))          # the sum overflows; the entries do not
+    assert all_finite(np.arange(6, dtype=np.int64).reshape(2, 3))
+    assert all_finite(np.zeros((0, 3)))
+    for bad in (np.nan, np.inf, -np.inf):
+        for dtype in (np.float32, np.float64):
+            a = np.ones((3, 4), dtype)
+            a[2, 1] = bad
+            assert not all_finite(a)
+    a = np.array([np.inf, -np.inf, 1.0])                                 # a NaN sum: still refused
+    assert not all_finite(a)
