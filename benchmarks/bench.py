@@ -12,8 +12,9 @@ SciPy, the one Numba calls, via threadpoolctl), for each size and dtype:
   timing, the two losses must agree (rtol 1e-9 in float64, 1e-4 in float32), or
   the script stops with exit status 3;
 - greedy decoding and beam search (K = 5) in output tokens/s. PyTorch greedy is
-  the protocol's ``TorchImplementation.greedy_decode`` (one thread, a Python loop
-  per row) and a batched greedy loop written here on 2 threads; the ratio
+  the protocol's ``TorchImplementation.greedy_decode`` (``torch_model.greedy_batched``
+  pinned to one thread, with scores and attention as Numba returns them) and the
+  minimal batched loop ``torch_greedy_batched`` written here (tokens only) on 2 threads; the ratio
   against the target uses the faster of the two. PyTorch beam search is
   ``torch_model.beam_batched`` (the whole batch per step, the Numba rules).
 
@@ -336,8 +337,9 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
                      f"**{ratio:.2f}x** | {verdict(ratio, TARGETS[size])} | "
                      f"{r['loss_numba']:.6f} / {r['loss_torch']:.6f} ({r['loss_rel_diff']:.1e}) |")
     lines += ["", "### Decoding, output tokens/s (max_len = T)", "",
-              "PyTorch protocol = `TorchImplementation.greedy_decode` (pinned to 1 thread, a Python loop "
-              "per row); PyTorch batched = the whole-batch loop `torch_greedy_batched` in bench.py on 2 "
+              "PyTorch protocol = `TorchImplementation.greedy_decode` (`torch_model.greedy_batched`, whole "
+              "batch per step, scores and attention as Numba returns them, pinned to 1 thread); PyTorch "
+              "batched = the minimal whole-batch loop `torch_greedy_batched` in bench.py (tokens only) on 2 "
               "threads. The greedy ratio uses the faster PyTorch variant. Beam PyTorch = "
               "`torch_model.beam_batched` (whole batch per step, same rules and results as Numba's).", "",
               "| size | dtype | greedy Numba | greedy PyTorch protocol | greedy PyTorch batched | "
