@@ -6,7 +6,7 @@ about 28 ns, and the LSTM cells and h~ = tanh(...) spend most of the small
 training step in it. In float32 the functions here are straight-line code
 (Cody-Waite range reduction and Cephes' minimax polynomials, branches written
 as selects) that LLVM vectorises, within a few float32 ulps of the correctly
-rounded result (measured in tests/test_impl_math.py). In float64 they ARE the
+rounded result (measured in tests/test_impl_kernels.py). In float64 they ARE the
 libm functions, so float64 results do not change by a single bit.
 
 ``exp_``, ``tanh_`` and ``sigmoid_`` dispatch on the argument's type when
