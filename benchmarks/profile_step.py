@@ -32,6 +32,7 @@ from attnspec.impl import model as M  # noqa: E402
 from attnspec.impl.kernels_attention import attention_backward, attention_forward  # noqa: E402
 from attnspec.impl.kernels_decoder import decoder_backward, decoder_forward  # noqa: E402
 from attnspec.impl.kernels_lstm import lstm_cell_backward, lstm_cell_forward  # noqa: E402
+from attnspec.impl.kernels_math import tanh_  # noqa: E402
 from attnspec.impl.kernels_model import (embed_backward, embed_time_major, encoder_backward,  # noqa: E402
                                          encoder_forward, final_state, generator_loss_backward)
 from attnspec.impl.kernels_vocab import log_softmax_grad_rows  # noqa: E402
@@ -69,9 +70,12 @@ def attn_fwd(n, query, keys, keys_proj, W_q, v_a, denom, src_row, src_len, q_pro
 
 @njit
 def out_layer_fwd(n, cat, W_c):
-    """h~ = tanh(W_c [ctx; h]) (B, H)."""
+    """h~ = tanh(W_c [ctx; h]) (B, H), with the kernels' tanh (kernels_math)."""
     for _ in range(n):
-        h_tilde = np.tanh(cat @ W_c.T)   # libm tanh: the kernels' float32 tanh is faster
+        h_tilde = cat @ W_c.T
+        for r in range(h_tilde.shape[0]):
+            for j in range(h_tilde.shape[1]):
+                h_tilde[r, j] = tanh_(h_tilde[r, j])
     return h_tilde
 
 
@@ -142,7 +146,7 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
 
     # the Python layer
     rows.append(("python", "validate + pack_weights (_prepare)", med(lambda: M._prepare(params, config, src, src_len, tgt), repeats)))
-    config, w, src, src_len, y_in, y_out = M._prepare(params, config, src, src_len, tgt)
+    config, w, src, src_len, y_in, labels, _ = M._prepare(params, config, src, src_len, tgt)
 
     # forward kernels, one by one
     rows.append(("-", "encoder_forward", med(lambda: encoder_forward(w, src, src_len), repeats)))
@@ -156,7 +160,6 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
     h_tilde_bt = np.ascontiguousarray(dec[7][1:].transpose(1, 0, 2).reshape(B * T, H))
     logits = mm_nt(h_tilde_bt, w.W_out)
     count = dt.type(B * T)
-    labels = y_out.reshape(B * T)
     rows.append(("GEMM big", "generator GEMM h~ W_out^T (B*T, V)", med(lambda: mm_nt(h_tilde_bt, w.W_out), repeats)))
     rows.append(("softmax vocab", "generator loss + dlogits rows (fused, in place)",
                  med(lambda: loss_grad_rows_only(logits.copy(), w.b_out, labels, config.pad_id, count), repeats)
@@ -174,7 +177,7 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
     rows.append(("copies", "embed_backward (target)", med(lambda: embed_backward(db[0], y_in, w.emb_tgt.shape[0]), repeats)))
     rows.append(("-", "encoder_backward", med(lambda: encoder_backward(w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, db[10], db[11], db[12]), repeats)))
     g = M.model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_bt) + (dW_out, db_out)
-    rows.append(("python", "unpack_grads + finiteness check", med(lambda: [np.all(np.isfinite(v)) for v in M.unpack_grads(g, config).values()], repeats)))
+    rows.append(("python", "unpack_grads + finiteness check", med(lambda: M._check_finite("profile", *M.unpack_grads(g, config).values()), repeats)))
 
     # split of the decoder per step (T steps), forward
     hq = np.ascontiguousarray(h[1, 0])

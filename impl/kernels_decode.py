@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_decoder import decoder_step
-from .kernels_model import embed_time_major, encoder_forward, final_state
+from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, kernel
 from .kernels_vocab import greedy_pick, top_log_probs
 
@@ -39,25 +39,13 @@ def _state(L, R, H, S, dt):
             np.zeros((R, H), dt), np.empty((R, H), dt))
 
 
-def encode(w, src, src_len):
-    """keys, keys_proj and the decoder's initial (h, c) (L, B, H) of a source batch.
-
-    Python, not compiled, as ``model_forward`` (see there): the decoding loops
-    below start from its results, so that they do not link and re-optimise the
-    whole encoder when Numba compiles them.
-    """
-    enc = encoder_forward(w, src, src_len)
-    h0, c0 = final_state(enc[2], enc[4])
-    return enc[5], enc[6], h0, c0
-
-
 def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
     """Argmax decoding (lowest id on ties) until EOS or max_len.
 
     Returns tokens (B, max_len), lengths (B,), scores (B,), attention (B, max_len, S).
     """
-    keys, keys_proj, h0, c0 = encode(w, src, src_len)
-    return greedy_loop(w, keys, keys_proj, src_len, h0, c0, max_len, bos, eos, pad)
+    enc, h0, c0 = encode(w, src, src_len)             # Python: the loop below does not link the encoder
+    return greedy_loop(w, enc[5], enc[6], src_len, h0, c0, max_len, bos, eos, pad)
 
 
 @kernel
@@ -129,8 +117,8 @@ def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens
 
 def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``beam_loop`` and ``decode.beam_search``)."""
-    keys, keys_proj, h0, c0 = encode(w, src, src_len)
-    return beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad)
+    enc, h0, c0 = encode(w, src, src_len)
+    return beam_loop(w, enc[5], enc[6], src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad)
 
 
 @kernel

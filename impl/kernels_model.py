@@ -171,9 +171,17 @@ def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, d
 
 
 # -- the whole model ----------------------------------------------------------------
-# Plain Python on purpose: these two only chain the compiled pieces, once per step,
+# Plain Python on purpose: these only chain the compiled pieces, once per step,
 # and compiling them cost 7-8 s per dtype (Numba re-optimises every kernel they link,
 # and their nested tuples of 15 arrays) to save some 50 microseconds a call.
+
+def encode(w, src, src_len):
+    """The encoder's caches ``enc`` (see ``encoder_forward``) and the decoder's initial
+    (h0, c0) (L, B, H): what the teacher-forced pass and the decoders start from."""
+    enc = encoder_forward(w, src, src_len)
+    h0, c0 = final_state(enc[2], enc[4])
+    return enc, h0, c0
+
 
 def model_forward(w, src, src_len, y_in):
     """Encoder and teacher-forced decoder, up to the generator's input.
@@ -182,9 +190,8 @@ def model_forward(w, src, src_len, y_in):
     h_tilde_bt (B*T, H) in batch-major row order: the generator's input.
     """
     B, T = y_in.shape
-    enc = encoder_forward(w, src, src_len)
-    x, gates, c, tanh_c, h, keys, keys_proj = enc
-    h0, c0 = final_state(c, h)
+    enc, h0, c0 = encode(w, src, src_len)
+    keys, keys_proj = enc[5], enc[6]
     y_emb = embed_time_major(w.emb_tgt, y_in)                         # (T, B, E)
     dec = decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len)
     h_tilde = dec[7]

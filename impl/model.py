@@ -158,8 +158,9 @@ def _prepare(params, config, src, src_len, tgt):
     src, src_len, tgt = check_batch(config, src, src_len, tgt)
     w = pack_weights(params, config)
     y_in = np.ascontiguousarray(tgt[:, :-1])
-    y_out = np.ascontiguousarray(tgt[:, 1:])
-    return config, w, np.ascontiguousarray(src), np.ascontiguousarray(src_len), y_in, y_out
+    labels = np.ascontiguousarray(tgt[:, 1:]).reshape(-1)                # (B*T,), batch-major
+    rows = np.flatnonzero(labels != config.pad_id)                     # the rows the loss averages
+    return config, w, np.ascontiguousarray(src), np.ascontiguousarray(src_len), y_in, labels, rows
 
 
 def _check_finite(name: str, *arrays) -> None:
@@ -171,12 +172,10 @@ def _check_finite(name: str, *arrays) -> None:
 
 def forward(params, config: Config, src, src_len, tgt) -> ForwardResult:
     """Teacher-forced forward pass of MODEL.md on ``tgt`` (``y_in = tgt[:, :-1]``, labels ``tgt[:, 1:]``)."""
-    config, w, src, src_len, y_in, y_out = _prepare(params, config, src, src_len, tgt)
+    config, w, src, src_len, y_in, labels, rows = _prepare(params, config, src, src_len, tgt)
     B, T = y_in.shape
     enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
     log_probs = generator_log_probs(h_tilde_bt, w.W_out, w.b_out)     # (B*T, V)
-    labels = y_out.reshape(-1)
-    rows = np.flatnonzero(labels != config.pad_id)
     loss = _mean_nll(log_probs[rows, labels[rows]], rows.size)
     log_probs = log_probs.reshape(B, T, config.V_tgt)
     attention = np.ascontiguousarray(dec[4].transpose(1, 0, 2))      # (T, B, S) -> (B, T, S)
@@ -195,11 +194,9 @@ def loss_and_grads(params, config: Config, src, src_len, tgt) -> tuple[float, di
 
     Returns ``(loss, grads)`` with ``grads`` keyed, shaped and typed like the parameters.
     """
-    config, w, src, src_len, y_in, y_out = _prepare(params, config, src, src_len, tgt)
+    config, w, src, src_len, y_in, labels, rows = _prepare(params, config, src, src_len, tgt)
     dt = np.dtype(config.dtype)
     enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
-    labels = y_out.reshape(-1)
-    rows = np.flatnonzero(labels != config.pad_id)
     picked, dW_out, db_out, dh_tilde_bt = generator_loss_backward(
         h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, dt.type(rows.size))
     loss = _mean_nll(picked[rows], rows.size)
