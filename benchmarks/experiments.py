@@ -4,7 +4,8 @@
     python benchmarks/experiments.py exp64
 
 ``threads``: can the recurrence's skinny products (16 rows at large size) beat
-OpenBLAS with a register-tiled Numba kernel on 2 threads? Measured three ways
+OpenBLAS with the register-tiled Numba kernel ``kernels_matmul.tiled_nt`` on
+2 threads? Measured three ways
 on the large decoder step's shapes: each product alone; after a big OpenBLAS
 product (two thread pools, as a step would mix them); and with one pool only
 (BLAS pinned to 1 thread, the big product split in halves over Numba's threads).
@@ -13,7 +14,8 @@ product (two thread pools, as a step would mix them); and with one pool only
 polynomial) against libm: nanoseconds per element and the largest error in
 units in the last place, measured against long double over a sweep.
 
-Neither is used by attnspec.impl; each prints what it measured.
+Decoding now uses the tiles (docs/implementation.md); training and ``expd`` are
+not adopted. Each experiment prints what it measured.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from numba.extending import intrinsic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (limit_threads, stats)
 
+from attnspec.impl.kernels_matmul import tiled_nt  # noqa: E402  (decoding's tiles)
+
 
 def median_ms(fn, repeats):
     fn()
@@ -39,32 +43,6 @@ def median_ms(fn, repeats):
 
 
 # -- threads: skinny products -------------------------------------------------------------
-
-@njit(fastmath=True, error_model="numpy", parallel=True, cache=True)
-def skinny_nt(A, W, out):
-    """out = A @ W.T for A (M, K), W (N, K), M and N multiples of 4: 4x4 output tiles, each
-    16 dot products over K in 16 scalar accumulators that LLVM keeps in vector registers
-    (fastmath lets it vectorise the reductions), tiles of 4 W rows shared out over the threads.
-    Written out by hand: a (4, 4) accumulator array is neither kept in registers nor vectorised."""
-    M, K = A.shape
-    zero = A.dtype.type(0)
-    for jb in prange(W.shape[0] // 4):
-        j = 4 * jb
-        for b in range(0, M, 4):
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-            for k in range(K):
-                a0, a1, a2, a3 = A[b, k], A[b + 1, k], A[b + 2, k], A[b + 3, k]
-                w0, w1, w2, w3 = W[j, k], W[j + 1, k], W[j + 2, k], W[j + 3, k]
-                s00 += a0 * w0; s01 += a0 * w1; s02 += a0 * w2; s03 += a0 * w3  # noqa: E702
-                s10 += a1 * w0; s11 += a1 * w1; s12 += a1 * w2; s13 += a1 * w3  # noqa: E702
-                s20 += a2 * w0; s21 += a2 * w1; s22 += a2 * w2; s23 += a2 * w3  # noqa: E702
-                s30 += a3 * w0; s31 += a3 * w1; s32 += a3 * w2; s33 += a3 * w3  # noqa: E702
-            out[b, j], out[b, j + 1], out[b, j + 2], out[b, j + 3] = s00, s01, s02, s03
-            out[b + 1, j], out[b + 1, j + 1], out[b + 1, j + 2], out[b + 1, j + 3] = s10, s11, s12, s13
-            out[b + 2, j], out[b + 2, j + 1], out[b + 2, j + 2], out[b + 2, j + 3] = s20, s21, s22, s23
-            out[b + 3, j], out[b + 3, j + 1], out[b + 3, j + 2], out[b + 3, j + 3] = s30, s31, s32, s33
-
 
 @njit(parallel=True, cache=True)
 def split_product(X, Y, out):
@@ -111,13 +89,13 @@ def threads(dtypes, repeats, steps=50, B=16, H=512):
         # K = 1024 products in a different order: a few ulps of the largest |term| sum
         tol = 1e-4 if dt == "float32" else 1e-12
         for W, out in ((W_rec, z), (W_c, pre)):
-            skinny_nt(h, W, out)
+            tiled_nt(h, W, out)
             ref = blas_nt(h, W)
             if not np.allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max()):
-                raise AssertionError(f"skinny_nt disagrees with BLAS ({dt}, {W.shape})")
+                raise AssertionError(f"tiled_nt disagrees with BLAS ({dt}, {W.shape})")
         for name, W, out in (("(B, 2H) (2H, 4H)", W_rec, z), ("(B, 2H) (2H, H)", W_c, pre)):
             t_blas = median_ms(lambda: blas_nt(h, W), repeats)
-            t_ours = median_ms(lambda: skinny_nt(h, W, out), repeats)
+            t_ours = median_ms(lambda: tiled_nt(h, W, out), repeats)
             print(f"| {dt} | {name} alone | {t_blas:.3f} | {t_ours:.3f} | {t_blas / t_ours:.2f}x |")
 
         def openblas_step():
@@ -127,14 +105,14 @@ def threads(dtypes, repeats, steps=50, B=16, H=512):
         def mixed_pools():
             blas_nn(X, W_emb)
             for _ in range(steps):
-                skinny_nt(h, W_rec, z)
-                skinny_nt(h, W_c, pre)
+                tiled_nt(h, W_rec, z)
+                tiled_nt(h, W_c, pre)
 
         def one_pool():
             split_product(X, W_emb, big)
             for _ in range(steps):
-                skinny_nt(h, W_rec, z)
-                skinny_nt(h, W_c, pre)
+                tiled_nt(h, W_rec, z)
+                tiled_nt(h, W_c, pre)
 
         t_blas = median_ms(openblas_step, repeats)
         t_mixed = median_ms(mixed_pools, repeats)

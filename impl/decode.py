@@ -2,7 +2,8 @@
 
 Both validate their arguments before any kernel runs and use the same decoder
 step as the teacher-forced forward pass, so ``forward`` on the decoded tokens
-reports the same log-probabilities and attention.
+reports the same log-probabilities and attention (to rounding when the call
+runs its products on tiles: ``kernels_matmul.use_tiles``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..spec.validate import check_params, check_positive_int, check_source
 from .kernels_decode import beam_kernel, greedy_kernel
+from .kernels_matmul import one_pool, use_tiles
 from .model import _check_config, _check_finite, pack_weights
 
 __all__ = ["DecodeResult", "greedy_decode", "beam_search"]
@@ -46,14 +48,16 @@ def _prepare(params, config, src, src_len, max_len):
     params = check_params(params, config, dtype=config.dtype)
     src, src_len = check_source(config, src, src_len)
     max_len = check_positive_int("max_len", max_len)
-    return config, pack_weights(params, config), np.ascontiguousarray(src), np.ascontiguousarray(src_len), max_len
+    return config, params, np.ascontiguousarray(src), np.ascontiguousarray(src_len), max_len
 
 
 def greedy_decode(params, config, src, src_len, max_len: int) -> DecodeResult:
     """Start from BOS, feed back the argmax (lowest id on ties), stop a row at EOS or max_len."""
-    config, w, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
-    tokens, lengths, scores, attention = greedy_kernel(w, src, src_len, max_len, config.bos_id,
-                                                       config.eos_id, config.pad_id)
+    config, params, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
+    w = pack_weights(params, config, tiles=use_tiles(src.shape[0], config.H))
+    with one_pool(w.tiles):
+        tokens, lengths, scores, attention = greedy_kernel(w, src, src_len, max_len, config.bos_id,
+                                                           config.eos_id, config.pad_id)
     _check_finite("greedy_decode", scores)
     normalized = (scores / lengths).astype(scores.dtype)
     return DecodeResult(tokens, lengths, scores, normalized, attention)
@@ -70,11 +74,14 @@ def beam_search(params, config, src, src_len, beam_size: int, max_len: int,
     returned hypothesis is the best finished one by score, or by score / length
     with ``length_normalize``. ``beam_size = 1`` gives exactly ``greedy_decode``.
     """
-    config, w, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
+    config, params, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
     beam_size = check_positive_int("beam_size", beam_size)
     if not isinstance(length_normalize, (bool, np.bool_)):
         raise TypeError(f"length_normalize: expected a bool, got {type(length_normalize).__name__}")
-    tokens, lengths, scores, normalized, attention = beam_kernel(
-        w, src, src_len, beam_size, max_len, bool(length_normalize), config.bos_id, config.eos_id, config.pad_id)
+    w = pack_weights(params, config, tiles=use_tiles(src.shape[0] * beam_size, config.H))
+    with one_pool(w.tiles):
+        tokens, lengths, scores, normalized, attention = beam_kernel(
+            w, src, src_len, beam_size, max_len, bool(length_normalize), config.bos_id, config.eos_id,
+            config.pad_id)
     _check_finite("beam_search", scores)
     return DecodeResult(tokens, lengths, scores, normalized, attention)

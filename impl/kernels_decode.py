@@ -2,7 +2,8 @@
 
 Each step embeds the previous tokens, runs ``decoder_step`` (the very function
 the teacher-forced forward pass uses) and the generator, so a teacher-forced
-forward pass on the decoded tokens reproduces their log-probabilities.
+forward pass on the decoded tokens reproduces their log-probabilities (to
+rounding when ``w.tiles``: the tiles sum in another order than BLAS).
 Beam search keeps R = B*K rows, row r attending to source row r // K.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_decoder import decoder_step
+from .kernels_matmul import mm_nt
 from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, kernel
 from .kernels_vocab import greedy_pick, top_log_probs
@@ -24,11 +26,11 @@ def decode_step(w, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_ro
     of ``kernels_vocab``, which need only the best few log-probabilities)."""
     R = y_prev.shape[0]
     y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]      # (R, E)
-    xw0 = y_emb @ w.dec_W_emb.T                                       # (R, 4H)
+    xw0 = mm_nt(w.tiles, y_emb, w.dec_W_emb)                          # (R, 4H)
     add_bias_(xw0, w.dec_b[0])
     decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde)
-    return h_tilde @ w.W_out.T
+    return mm_nt(w.tiles, h_tilde, w.W_out)
 
 
 @kernel

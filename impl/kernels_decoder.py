@@ -21,6 +21,7 @@ import numpy as np
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
 from .kernels_math import tanh_
 from .kernels_lstm import lstm_cell_backward, lstm_cell_forward
+from .kernels_matmul import mm_nt
 from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, take_layer, zero_
 
 
@@ -37,14 +38,14 @@ def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row,
     R = h_tilde.shape[0]
     for k in range(L):
         if k == 0:
-            z = h_prev[0] @ w.dec_W_hh[0].T                           # (R, 4H)
+            z = mm_nt(w.tiles, h_prev[0], w.dec_W_hh[0])              # (R, 4H)
             add_(z, xw0)
             if w.feeds:
-                add_(z, h_tilde_prev @ w.dec_W_feed.T)
+                add_(z, mm_nt(w.tiles, h_tilde_prev, w.dec_W_feed))
         else:
-            z = h[k - 1] @ w.dec_W_ih_up[k - 1].T
+            z = mm_nt(w.tiles, h[k - 1], w.dec_W_ih_up[k - 1])
             add_bias_(z, w.dec_b[k])
-            add_(z, h_prev[k] @ w.dec_W_hh[k].T)
+            add_(z, mm_nt(w.tiles, h_prev[k], w.dec_W_hh[k]))
         lstm_cell_forward(z, c_prev[k], gates[k], c[k], tanh_c[k], h[k])
     query = h[L - 1]                                                  # (R, H)
     if w.mode == NONE:
@@ -58,7 +59,7 @@ def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row,
         for j in range(H):
             cat[r, j] = ctx[r, j]
             cat[r, H + j] = query[r, j]
-    pre = cat @ w.att_W_c.T                                           # (R, H), no bias
+    pre = mm_nt(w.tiles, cat, w.att_W_c)                              # (R, H), no bias
     for r in range(R):
         for j in range(H):
             h_tilde[r, j] = tanh_(pre[r, j])

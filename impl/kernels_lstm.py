@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_math import sigmoid_, tanh_
+from .kernels_matmul import mm_nt
 from .kernels_util import add_, add_bias_, column_sum, kernel, zero_
 
 
@@ -80,12 +81,13 @@ def lstm_cell_backward(dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
 # -- one encoder layer over time (state frozen past src_len) ------------------------
 
 @kernel
-def lstm_layer_forward(x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
+def lstm_layer_forward(tiles, x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
     """Run one layer over all S steps from the zero state; rows freeze once s >= src_len.
 
     x (S, B, D_in); bias = b_ih + b_hh (4H,). Writes gates (S, B, 4H), tanh_c (S, B, H),
     and c, h (S + 1, B, H) whose index 0 is the zero initial state and index s the
     state after step s. A frozen row copies its previous state (gates and tanh_c 0).
+    ``tiles``: the recurrent product on ``kernels_matmul.tiled_nt`` rather than BLAS.
     """
     S, B, D_in = x.shape
     H = W_hh.shape[1]
@@ -96,7 +98,7 @@ def lstm_layer_forward(x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
     zero_(h[0])
     zero_(c[0])
     for s in range(S):
-        z = h[s] @ W_hh.T                                             # (B, 4H)
+        z = mm_nt(tiles, h[s], W_hh)                                  # (B, 4H)
         add_(z, xw[s])
         lstm_cell_forward(z, c[s], gates[s], c[s + 1], tanh_c[s], h[s + 1])
         for b in range(B):

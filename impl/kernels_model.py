@@ -27,6 +27,7 @@ from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
 Weights = namedtuple("Weights", [
     "mode",         # int, kernels_attention.MODES[score]
+    "tiles",        # bool, recurrent and generator products on tiles (decoding: kernels_matmul.use_tiles)
     "feeds",        # bool, input feeding
     "denom",        # scalar of the dtype: sqrt(H) for scaled_dot, else 1
     "emb_src",      # (V_src, E)
@@ -125,9 +126,9 @@ def encoder_forward(w, src, src_len):
     h = np.empty((L, S + 1, B, H), dt)
     for k in range(L):
         if k == 0:
-            lstm_layer_forward(x, w.enc_W_ih0, w.enc_W_hh[0], w.enc_b[0], src_len, gates[0], c[0], tanh_c[0], h[0])
+            lstm_layer_forward(w.tiles, x, w.enc_W_ih0, w.enc_W_hh[0], w.enc_b[0], src_len, gates[0], c[0], tanh_c[0], h[0])
         else:
-            lstm_layer_forward(h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_W_hh[k], w.enc_b[k], src_len,
+            lstm_layer_forward(w.tiles, h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_W_hh[k], w.enc_b[k], src_len,
                                gates[k], c[k], tanh_c[k], h[k])
     keys = swap01(h[L - 1, 1:])                                  # (B, S, H)
     keys_proj = project_keys(w.mode, keys, w.att_W_k)

@@ -78,8 +78,12 @@ def init_params(config: Config, seed: int) -> dict[str, np.ndarray]:
     return params
 
 
-def pack_weights(params: dict[str, np.ndarray], config: Config) -> Weights:
-    """MODEL.md parameters (already checked and in the dtype) -> the kernels' ``Weights``."""
+def pack_weights(params: dict[str, np.ndarray], config: Config, tiles: bool = False) -> Weights:
+    """MODEL.md parameters (already checked and in the dtype) -> the kernels' ``Weights``.
+
+    ``tiles``: run the per-step products on ``kernels_matmul.tiled_nt`` (decoding
+    picks it with ``kernels_matmul.use_tiles``; training keeps BLAS).
+    """
     c, dt = config, np.dtype(config.dtype)
     H, E, L = c.H, c.E, c.L
 
@@ -102,6 +106,7 @@ def pack_weights(params: dict[str, np.ndarray], config: Config) -> Weights:
     C = np.ascontiguousarray
     return Weights(
         mode=MODES[c.score],
+        tiles=tiles,
         feeds=c.feeds_input,
         denom=dt.type(math.sqrt(H) if c.score == "scaled_dot" else 1.0),
         emb_src=C(params["encoder.embedding.weight"]),

@@ -1,9 +1,10 @@
 """benchmarks/experiments.py runs, and its kernels agree with BLAS and with long-double exp.
 
-Each experiment checks its own kernel before timing it (``skinny_nt`` and
+Each experiment checks its own kernel before timing it (the tiles and
 ``split_product`` against OpenBLAS, ``expd`` on special values) and raises if
 it disagrees; these tests run both experiments at their smallest settings and
-check the error bound the docs quote for ``expd``.
+check the error bound the docs quote for ``expd``. (The tiles themselves are
+tested in tests/test_impl_matmul.py.)
 """
 
 from __future__ import annotations
@@ -25,14 +26,6 @@ def test_threads_experiment_runs_and_its_kernels_agree_with_blas():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "one pool (BLAS 1 thread)" in proc.stdout
-
-
-def test_skinny_product_is_a_matrix_product():
-    rng = np.random.default_rng(3)
-    A, W = rng.standard_normal((8, 40)), rng.standard_normal((12, 40))
-    out = np.empty((8, 12))
-    experiments.skinny_nt(A, W, out)
-    np.testing.assert_allclose(out, A @ W.T, rtol=1e-12, atol=1e-12)   # 40 terms of size ~1: a few ulps
 
 
 def test_vectorised_exp64_stays_within_one_ulp():

@@ -1,0 +1,133 @@
+"""Decoding's per-step matrix products: register tiles on Numba's threads, or BLAS.
+
+A decoding step multiplies only R rows (the batch, or batch x beam) by each
+weight matrix, the generator's included. OpenBLAS runs such skinny products
+at a third of its rate; ``tiled_nt`` runs them 1.2-2.8x faster on the same 2
+threads (docs/performance.md). But two thread pools on two cores fight:
+OpenBLAS's workers spin for about 0.1 s after each product and take the cores
+from Numba's threads. So a decoding call on tiles runs inside ``one_pool()``:
+BLAS is held to one thread (the encoder's input projections and the
+attention's matrix-vector products) and OpenBLAS's idle workers are stopped.
+
+``Weights.tiles`` (``use_tiles``) picks the tiles for few rows and wide layers
+only; elsewhere, and in training, the products are the BLAS calls they were,
+bit for bit. (Training on tiles was measured no faster: docs/performance.md.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+from contextlib import contextmanager
+
+import numpy as np
+from numba import njit, prange
+
+# Tiles hold 16 dot products in scalar accumulators that LLVM keeps in vector
+# registers; ``reassoc`` lets it vectorise the reductions (each then sums in
+# lanes: another order than BLAS, the same error bound), ``contract`` lets it
+# fuse multiply-adds. No ``nnan``/``ninf``: NaN and inf must reach the API's checks.
+_FAST = {"reassoc", "contract"}
+
+
+def use_tiles(rows: int, H: int) -> bool:
+    """Whether a decoding call with ``rows`` rows per step and width H runs on tiles.
+
+    Measured on the 2-core machine (docs/performance.md): tiles win clearly up to
+    32 rows on layers of H >= 256; at 64 rows and more BLAS is as fast or faster,
+    and below H = 256 a product is too short to pay for waking threads.
+    """
+    return rows <= 32 and H >= 256
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _dot(A, b, W, j):
+    s = A.dtype.type(0)
+    for k in range(A.shape[1]):
+        s += A[b, k] * W[j, k]
+    return s
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
+def tiled_nt(A, W, out):
+    """out (M, N) = A (M, K) @ W (N, K)^T in 4 x 4 tiles, blocks of 4 rows of W over the threads.
+
+    Each entry is summed by one thread in an order fixed by K alone, so the result
+    does not depend on the number of threads. Rows of A or W beyond a multiple
+    of 4 are plain dot products.
+    """
+    M, K = A.shape
+    N = W.shape[0]
+    M4, N4 = M - M % 4, N - N % 4
+    zero = A.dtype.type(0)
+    for jb in prange(N4 // 4):
+        j = 4 * jb
+        for b in range(0, M4, 4):
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+            for k in range(K):
+                a0, a1, a2, a3 = A[b, k], A[b + 1, k], A[b + 2, k], A[b + 3, k]
+                w0, w1, w2, w3 = W[j, k], W[j + 1, k], W[j + 2, k], W[j + 3, k]
+                s00 += a0 * w0; s01 += a0 * w1; s02 += a0 * w2; s03 += a0 * w3  # noqa: E702
+                s10 += a1 * w0; s11 += a1 * w1; s12 += a1 * w2; s13 += a1 * w3  # noqa: E702
+                s20 += a2 * w0; s21 += a2 * w1; s22 += a2 * w2; s23 += a2 * w3  # noqa: E702
+                s30 += a3 * w0; s31 += a3 * w1; s32 += a3 * w2; s33 += a3 * w3  # noqa: E702
+            out[b, j], out[b, j + 1], out[b, j + 2], out[b, j + 3] = s00, s01, s02, s03
+            out[b + 1, j], out[b + 1, j + 1], out[b + 1, j + 2], out[b + 1, j + 3] = s10, s11, s12, s13
+            out[b + 2, j], out[b + 2, j + 1], out[b + 2, j + 2], out[b + 2, j + 3] = s20, s21, s22, s23
+            out[b + 3, j], out[b + 3, j + 1], out[b + 3, j + 2], out[b + 3, j + 3] = s30, s31, s32, s33
+        for b in range(M4, M):
+            for jj in range(j, j + 4):
+                out[b, jj] = _dot(A, b, W, jj)
+    for j in range(N4, N):
+        for b in range(M):
+            out[b, j] = _dot(A, b, W, j)
+
+
+@njit(cache=True, error_model="numpy")
+def mm_nt(tiles, A, W):
+    """A (M, K) @ W (N, K)^T: on tiles if ``tiles``, else one BLAS call."""
+    if tiles:
+        out = np.empty((A.shape[0], W.shape[0]), A.dtype)
+        tiled_nt(A, W, out)
+        return out
+    return A @ W.T
+
+
+# -- one thread pool for a tiled phase -----------------------------------------------
+
+_pool = None
+
+
+def _blas_pool():
+    """(threadpoolctl controller, [stop the workers of each OpenBLAS]), found once."""
+    global _pool
+    if _pool is None:
+        from threadpoolctl import ThreadpoolController
+        controller = ThreadpoolController()
+        stops = []
+        for lib in controller.select(internal_api="openblas").lib_controllers:
+            stop = getattr(ctypes.CDLL(lib.filepath), "blas_thread_shutdown_", None)
+            if stop is not None:
+                stops.append(stop)
+        _pool = (controller, stops)
+    return _pool
+
+
+@contextmanager
+def one_pool(tiles: bool):
+    """Run the body with Numba's threads alone on the cores when ``tiles``; else do nothing.
+
+    Holds BLAS to one thread until the body ends and stops OpenBLAS's worker
+    threads (``blas_thread_shutdown_``), which spin for ~0.1 s after a product;
+    the next multi-threaded product starts them again.
+    """
+    if not tiles:
+        yield
+        return
+    controller, stops = _blas_pool()
+    # Limit first: OpenBLAS restarts its workers when its thread count is set on a
+    # stopped pool, and restarted workers spin (measured: the phase ran 1.7x slower).
+    with controller.limit(limits=1, user_api="blas"):
+        for stop in stops:
+            stop()
+        yield

@@ -1,0 +1,144 @@
+"""Decoding's tiled products and their thread pool (impl/kernels_matmul.py).
+
+The tiles sum in another order than BLAS, so on random data they agree only to
+rounding. On small integers every order gives the exact sum, which turns "is a
+matrix product" into an equality test that any wrong index or dropped term fails.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import attnspec.impl.decode as decode_api
+from attnspec.impl.decode import beam_search, greedy_decode
+from attnspec.impl.kernels_matmul import mm_nt, one_pool, tiled_nt, use_tiles
+from attnspec.impl.kernels_model import model_forward
+from attnspec.impl.model import init_params, pack_weights
+from attnspec.spec.config import Config
+
+# M and N around the 4 x 4 tiles: multiples, remainders 1-3, and fewer than 4 rows.
+SHAPES = [(1, 1, 1), (3, 5, 2), (4, 8, 4), (5, 7, 9), (16, 64, 32), (17, 33, 18), (6, 1, 13)]
+
+
+def integer_operands(M, K, N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-8, 9, (M, K)).astype(dtype), rng.integers(-8, 9, (N, K)).astype(dtype))
+
+
+def assert_is_product(nt, dtype):
+    """nt(A, W, out) must write exactly A @ W.T on integer operands (|sums| < 2^24: exact in float32)."""
+    for M, K, N in SHAPES:
+        A, W = integer_operands(M, K, N, dtype)
+        out = np.full((M, N), np.nan, dtype)
+        nt(A, W, out)
+        np.testing.assert_array_equal(out, A.astype(np.int64) @ W.astype(np.int64).T, err_msg=f"{(M, K, N)}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiles_are_the_matrix_product(dtype):
+    assert_is_product(tiled_nt, dtype)
+
+
+def test_the_product_check_catches_a_wrong_remainder_entry():
+    def off_by_one(A, W, out):
+        tiled_nt(A, W, out)
+        out[-1, -1] += 1                     # the last row and column are remainder paths
+    with pytest.raises(AssertionError):
+        assert_is_product(off_by_one, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiles_agree_with_blas_on_random_data(dtype):
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((18, 300)).astype(dtype)
+    W = rng.standard_normal((37, 300)).astype(dtype)
+    out = np.empty((18, 37), dtype)
+    tiled_nt(A, W, out)
+    exact = A.astype(np.float64) @ W.astype(np.float64).T
+    # Both sum 300 products in some order: error below K * eps * sum |a_k w_k| (Higham 3.1).
+    bound = 300 * np.finfo(dtype).eps * (np.abs(A).astype(np.float64) @ np.abs(W).astype(np.float64).T)
+    assert np.all(np.abs(out - exact) <= bound)
+
+
+def test_tiles_do_not_depend_on_the_number_of_threads():
+    rng = np.random.default_rng(2)
+    A, W = rng.standard_normal((13, 257)), rng.standard_normal((70, 257))
+    outs = []
+    before = numba.get_num_threads()
+    try:
+        for n in (1, before):
+            numba.set_num_threads(n)
+            out = np.empty((13, 70))
+            tiled_nt(A, W, out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_nan_and_inf_propagate_through_the_tiles():
+    """fastmath without nnan/ninf: a NaN or inf operand must reach the API's finiteness checks."""
+    A, W = np.ones((8, 16)), np.ones((8, 16))
+    A[1, 3], A[6, 0] = np.nan, np.inf
+    out = np.empty((8, 8))
+    tiled_nt(A, W, out)
+    assert np.isnan(out[1]).all() and np.isposinf(out[6]).all() and np.isfinite(np.delete(out, [1, 6], 0)).all()
+
+
+@pytest.mark.parametrize("tiles", [False, True])
+def test_mm_nt_on_both_paths(tiles):
+    A, W = integer_operands(6, 10, 7, np.float64, seed=3)
+    np.testing.assert_array_equal(mm_nt(tiles, A, W), A @ W.T)
+
+
+def test_one_pool_restores_the_blas_threads():
+    from threadpoolctl import threadpool_info
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    with one_pool(True):
+        inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    after = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    assert set(inside) == {1}
+    assert after == before
+
+
+# -- decoding on tiles gives decoding on BLAS --------------------------------------------
+
+def _batch(rng):
+    src = rng.integers(3, 11, (6, 5))
+    src_len = np.array([5, 3, 5, 1, 4, 2])
+    for b, n in enumerate(src_len):
+        src[b, n:] = 0
+    tgt = rng.integers(3, 13, (6, 5))
+    tgt[:, 0] = 1
+    return src, src_len, tgt
+
+
+def test_decoding_picks_tiles_for_few_rows_of_wide_layers():
+    assert use_tiles(16, 512) and use_tiles(32, 256)
+    assert not use_tiles(64, 256) and not use_tiles(80, 512) and not use_tiles(32, 64)
+
+
+@pytest.mark.parametrize("score,L,feeding", [("concat", 2, True), ("dot", 1, True), ("general", 2, False)])
+def test_the_decoder_on_tiles_matches_blas(score, L, feeding, monkeypatch):
+    """H = 7 and 6 rows: every remainder path of the tiles. The teacher-forced pass runs
+    the same decoder step as decoding, so its log-probabilities compare the two paths."""
+    cfg = Config(V_src=11, V_tgt=13, E=5, H=7, L=L, score=score, input_feeding=feeding)
+    params = init_params(cfg, 3)
+    src, src_len, tgt = _batch(np.random.default_rng(1))
+    w = pack_weights(params, cfg)
+    y_in = np.ascontiguousarray(tgt[:, :-1])
+    h_blas = model_forward(w, src, src_len, y_in)[3]
+    h_tiles = model_forward(w._replace(tiles=True), src, src_len, y_in)[3]
+    # float64, H = 7: products of at most 2H + E = 19 terms, a chain of a few per step over
+    # T = 4 steps and 2 layers, on O(1) values; the summation order alone moves h~ by a few
+    # ulps (measured: under 1.5e-15). 1e-13 is ~450 ulps.
+    np.testing.assert_allclose(h_tiles, h_blas, rtol=0, atol=1e-13)
+    blas = greedy_decode(params, cfg, src, src_len, 6), beam_search(params, cfg, src, src_len, 3, 6)
+    monkeypatch.setattr(decode_api, "use_tiles", lambda rows, H: True)
+    tiles = greedy_decode(params, cfg, src, src_len, 6), beam_search(params, cfg, src, src_len, 3, 6)
+    for d0, d1 in zip(blas, tiles):
+        np.testing.assert_array_equal(d1.tokens, d0.tokens)
+        np.testing.assert_allclose(d1.scores, d0.scores, rtol=1e-13)
+        np.testing.assert_allclose(d1.attention, d0.attention, rtol=0, atol=1e-13)
