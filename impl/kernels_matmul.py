@@ -20,6 +20,7 @@ import ctypes
 from contextlib import contextmanager
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 # Tiles hold 16 dot products in scalar accumulators that LLVM keeps in vector
@@ -91,6 +92,12 @@ def mm_nt(tiles, A, W):
         tiled_nt(A, W, out)
         return out
     return A @ W.T
+
+
+# Start Numba's threading layer now. It registers the symbols that parallel code
+# links against; a kernel that calls ``tiled_nt``, loaded from Numba's cache in a
+# process where no parallel code has run yet, would otherwise crash (segfault).
+numba.get_num_threads()
 
 
 # -- one thread pool for a tiled phase -----------------------------------------------

@@ -142,3 +142,32 @@ def test_the_decoder_on_tiles_matches_blas(score, L, feeding, monkeypatch):
         np.testing.assert_array_equal(d1.tokens, d0.tokens)
         np.testing.assert_allclose(d1.scores, d0.scores, rtol=1e-13)
         np.testing.assert_allclose(d1.attention, d0.attention, rtol=0, atol=1e-13)
+
+
+_FRESH = """
+import numpy as np
+from attnspec.impl.decode import greedy_decode
+from attnspec.impl.model import init_params, loss_and_grads
+from attnspec.spec.config import Config
+for dtype in ("float32", "float64"):
+    cfg = Config(V_src=11, V_tgt=13, E=5, H=7, L=2, score="concat", dtype=dtype)
+    params = init_params(cfg, 3)
+    src, src_len = np.full((2, 4), 5), np.array([4, 2])
+    tgt = np.full((2, 5), 6); tgt[:, 0] = 1
+    loss, _ = loss_and_grads(params, cfg, src, src_len, tgt)
+    print(dtype, repr(loss), greedy_decode(params, cfg, src, src_len, 5).tokens.tolist())
+"""
+
+
+def test_cached_kernels_run_in_a_fresh_process():
+    """Kernels that link the parallel tiles, loaded from Numba's cache in a process where
+    no parallel code has run yet, used to crash (segfault): the threading layer's symbols
+    were not registered. Run once (compiling and caching what is missing), then again in
+    a fresh process that loads everything from the cache."""
+    import subprocess
+    import sys
+    here = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, timeout=600)
+    assert here.returncode == 0, here.stderr[-2000:]
+    fresh = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, f"exit {fresh.returncode}: {fresh.stderr[-2000:]}"
+    assert fresh.stdout == here.stdout
