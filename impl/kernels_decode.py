@@ -14,7 +14,7 @@ import numpy as np
 from .kernels_decoder import decoder_step
 from .kernels_matmul import mm_nt
 from .kernels_model import embed_time_major, encode
-from .kernels_util import add_bias_, kernel
+from .kernels_util import add_bias_, copy1_, copy_, kernel
 from .kernels_vocab import greedy_pick, top_log_probs
 
 
@@ -75,7 +75,7 @@ def greedy_loop(w, keys, keys_proj, src_len, h, c, max_len, bos, eos, pad):
             v, log_p = greedy_pick(logits[b], w.b_out, scratch)     # lowest id on ties
             tokens[b, t] = v
             scores[b] += log_p
-            attention[b, t] = a[b]
+            copy1_(attention[b, t], a[b])
             lengths[b] = t + 1
             y[b] = v
             if v == eos:
@@ -107,13 +107,13 @@ def stable_order_desc(score, n, order):
 def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention):
     """Write the hypothesis that emitted tok_end at step t_end from beam slot k_end."""
     tokens[b, t_end] = tok_end
-    attention[b, t_end] = hist_att[t_end, b * K + k_end]
+    copy1_(attention[b, t_end], hist_att[t_end, b * K + k_end])
     k = k_end
     for s in range(t_end - 1, -1, -1):
         r = b * K + k
         parent = hist_par[s, r]
         tokens[b, s] = hist_tok[s, r]
-        attention[b, s] = hist_att[s, b * K + parent]
+        copy1_(attention[b, s], hist_att[s, b * K + parent])
         k = parent
 
 
@@ -181,7 +181,7 @@ def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize,
         t_last = t
         logits = decode_step(w, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
                              gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
-        hist_att[t] = a
+        copy_(hist_att[t], a)
         for b in range(B):
             n_alive = 0
             if not done[b]:

@@ -20,9 +20,9 @@ import numpy as np
 
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
 from .kernels_math import tanh_
-from .kernels_lstm import lstm_cell_backward, lstm_cell_forward
+from .kernels_lstm import input_projection, lstm_cell_backward, lstm_cell_forward
 from .kernels_matmul import mm_nt
-from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, take_layer, zero_
+from .kernels_util import add_, add_bias_, column_sum, copy1_, copy_, kernel, swap01, take_layer, zero_
 
 
 @kernel
@@ -65,16 +65,24 @@ def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row,
             h_tilde[r, j] = tanh_(pre[r, j])
 
 
-@kernel
 def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
-    """Teacher-forced decoder over all T steps. y_emb (T, B, E); h0, c0 (L, B, H)."""
-    T, B, E = y_emb.shape
+    """Teacher-forced decoder over all T steps. y_emb (T, B, E); h0, c0 (L, B, H).
+
+    Returns gates, c, tanh_c, h, a, cat, q_proj, h_tilde (see the module docstring).
+    Plain Python over two kernels, like ``decoder_backward``: a kernel that calls
+    another is compiled with a copy of it, which cost seconds per dtype.
+    """
+    xw0 = input_projection(y_emb, w.dec_W_emb, w.dec_b[0])            # (T, B, 4H), one GEMM
+    return decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len)
+
+
+@kernel
+def decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len):
+    """The T steps of ``decoder_forward`` from the embedding projection xw0 (T, B, 4H)."""
+    T, B, _ = xw0.shape
     L, _, H = h0.shape
     S = keys.shape[1]
-    dt = y_emb.dtype
-    xw0 = y_emb.reshape(T * B, E) @ w.dec_W_emb.T                    # all steps in one GEMM
-    add_bias_(xw0, w.dec_b[0])
-    xw0 = xw0.reshape(T, B, 4 * H)
+    dt = xw0.dtype
     gates = np.empty((T, L, B, 4 * H), dt)
     c = np.empty((T + 1, L, B, H), dt)
     tanh_c = np.empty((T, L, B, H), dt)
@@ -94,25 +102,39 @@ def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
     return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
 
 
-@kernel
 def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde,
                      dh_tilde_out):
     """Backpropagation through the T decoder steps.
 
     dh_tilde_out (T, B, H): dL/dh~_t from the generator. Per step only the recurrent
-    work runs; the weight gradients are one GEMM each over all T*B rows afterwards.
+    work runs (``decoder_backward_loop``); the weight gradients are one GEMM each over
+    all T*B rows afterwards (``decoder_grads``, ``decoder_keys_grads``).
     Returns (dy_emb (T, B, E), dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k,
     dv_a, dkeys (B, S, H), dh0, dc0 (L, B, H)).
     """
+    dz, dpre, de, dctx, dq_proj, dkeys_proj, dv_a, dh0, dc0 = decoder_backward_loop(
+        w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q_proj, h_tilde, dh_tilde_out)
+    dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q = decoder_grads(w, y_emb, h, cat, h_tilde, dz,
+                                                                             dpre, dq_proj)
+    dW_k, dkeys = decoder_keys_grads(w, keys, h, a, de, dctx, dkeys_proj)
+    return dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k, dv_a, dkeys, dh0, dc0
+
+
+@kernel
+def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q_proj, h_tilde, dh_tilde_out):
+    """The recurrent part of ``decoder_backward``, step T down to 1.
+
+    Returns dz (L, T, B, 4H), dpre (T, B, H) = dL/d(W_c [ctx; h]), de (T, B, S),
+    dctx, dq_proj (T, B, H), dkeys_proj (B, S, H), dv_a, and dh0, dc0 (L, B, H).
+    """
     T, L, B, H4 = gates.shape
     H = H4 // 4
-    E = y_emb.shape[2]
     S = keys.shape[1]
-    dt = y_emb.dtype
+    dt = gates.dtype
     one = np.ones(1, dt)[0]
     mode = w.mode
     dz = np.zeros((L, T, B, 4 * H), dt)
-    dpre = np.zeros((T, B, H), dt)                                    # dL/d(W_c [ctx; h])
+    dpre = np.zeros((T, B, H), dt)
     de = np.zeros((T, B, S), dt)
     dctx = np.zeros((T, B, H), dt)
     dq_proj = np.zeros((T, B, H), dt)
@@ -151,8 +173,17 @@ def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a,
             copy_(dh[k], dz[k, t] @ w.dec_W_hh[k])
         if w.feeds:
             dh_tilde_carry = dz[0, t] @ w.dec_W_feed
+    return dz, dpre, de, dctx, dq_proj, dkeys_proj, dv_a, dh, dc
 
-    # weight gradients: one GEMM per matrix over all T*B rows
+
+@kernel
+def decoder_grads(w, y_emb, h, cat, h_tilde, dz, dpre, dq_proj):
+    """The decoder's weight gradients from the loop's dz and dpre, one GEMM per matrix
+    over all T*B rows: (dy_emb (T, B, E), dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q)."""
+    L, T, B, H4 = dz.shape
+    H = H4 // 4
+    E = y_emb.shape[2]
+    dt = y_emb.dtype
     dW_hh = np.empty((L, 4 * H, H), dt)
     dW_ih_up = np.empty((max(L - 1, 0), 4 * H, H), dt)
     db = np.empty((L, 4 * H), dt)
@@ -160,7 +191,7 @@ def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a,
         dZk = dz[k].reshape(T * B, 4 * H)
         h_prev_k = take_layer(h, k, 0, T).reshape(T * B, H)
         copy_(dW_hh[k], dZk.T @ h_prev_k)
-        db[k] = column_sum(dZk)
+        copy1_(db[k], column_sum(dZk))                                # not db[k] = ...: kernels_util
         if k > 0:
             copy_(dW_ih_up[k - 1], dZk.T @ take_layer(h, k - 1, 1, T + 1).reshape(T * B, H))
     dZ0 = dz[0].reshape(T * B, 4 * H)
@@ -170,21 +201,25 @@ def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a,
     else:
         dW_feed = np.zeros((4 * H, 0), dt)
     dy_emb = (dZ0 @ w.dec_W_emb).reshape(T, B, E)
-    dh0 = dh
-    dc0 = dc
-
-    if mode == NONE:
+    if w.mode == NONE:
         dW_c = np.zeros((0, 0), dt)
-        dW_q = np.zeros((0, 0), dt)
-        dW_k = np.zeros((0, 0), dt)
-        dkeys = np.zeros_like(keys)
     else:
         dW_c = dpre.reshape(T * B, H).T @ cat.reshape(T * B, 2 * H)   # (H, 2H)
+    if w.mode == CONCAT:
         query = take_layer(h, L - 1, 1, T + 1)                        # (T, B, H)
-        dkeys, dW_k = attention_keys_backward(mode, swap01(a), swap01(de), swap01(dctx), swap01(query),
-                                              keys, w.att_W_k, w.denom, dkeys_proj)
-        if mode == CONCAT:
-            dW_q = dq_proj.reshape(T * B, H).T @ query.reshape(T * B, H)
-        else:
-            dW_q = np.zeros((0, 0), dt)
-    return dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k, dv_a, dkeys, dh0, dc0
+        dW_q = dq_proj.reshape(T * B, H).T @ query.reshape(T * B, H)
+    else:
+        dW_q = np.zeros((0, 0), dt)
+    return dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q
+
+
+@kernel
+def decoder_keys_grads(w, keys, h, a, de, dctx, dkeys_proj):
+    """(dW_k, dkeys (B, S, H)): the gradients that flow into the encoder's outputs."""
+    T, L = h.shape[0] - 1, h.shape[1]
+    if w.mode == NONE:
+        return np.zeros((0, 0), keys.dtype), np.zeros_like(keys)
+    query = take_layer(h, L - 1, 1, T + 1)                            # (T, B, H)
+    dkeys, dW_k = attention_keys_backward(w.mode, swap01(a), swap01(de), swap01(dctx), swap01(query),
+                                          keys, w.att_W_k, w.denom, dkeys_proj)
+    return dW_k, dkeys

@@ -79,22 +79,30 @@ def lstm_cell_backward(dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
 
 
 # -- one encoder layer over time (state frozen past src_len) ------------------------
+# A layer is three kernels chained in Python (``kernels_model``): a kernel that
+# calls another is compiled with a copy of it and optimised again, so one kernel
+# per layer cost seconds of compilation per dtype for nothing at run time.
 
 @kernel
-def lstm_layer_forward(tiles, x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h):
+def input_projection(x, W_ih, bias):
+    """xw (S, B, 4H) = x W_ih^T + bias for x (S, B, D_in): every step's input in one GEMM."""
+    S, B, D_in = x.shape
+    xw = x.reshape(S * B, D_in) @ W_ih.T
+    add_bias_(xw, bias)
+    return xw.reshape(S, B, W_ih.shape[0])
+
+
+@kernel
+def lstm_layer_forward(tiles, xw, W_hh, src_len, gates, c, tanh_c, h):
     """Run one layer over all S steps from the zero state; rows freeze once s >= src_len.
 
-    x (S, B, D_in); bias = b_ih + b_hh (4H,). Writes gates (S, B, 4H), tanh_c (S, B, H),
+    xw (S, B, 4H) from ``input_projection``. Writes gates (S, B, 4H), tanh_c (S, B, H),
     and c, h (S + 1, B, H) whose index 0 is the zero initial state and index s the
     state after step s. A frozen row copies its previous state (gates and tanh_c 0).
     ``tiles``: the recurrent product on ``kernels_matmul.tiled_nt`` rather than BLAS.
     """
-    S, B, D_in = x.shape
+    S, B, _ = xw.shape
     H = W_hh.shape[1]
-    # the input projections of every step in one GEMM: (S*B, D_in) @ (D_in, 4H)
-    xw = x.reshape(S * B, D_in) @ W_ih.T
-    add_bias_(xw, bias)
-    xw = xw.reshape(S, B, 4 * H)
     zero_(h[0])
     zero_(c[0])
     for s in range(S):
@@ -112,17 +120,17 @@ def lstm_layer_forward(tiles, x, W_ih, W_hh, bias, src_len, gates, c, tanh_c, h)
 
 
 @kernel
-def lstm_layer_backward(x, W_ih, W_hh, src_len, gates, c, tanh_c, h, dh_out, dh_last, dc_last):
-    """Backpropagation through time of ``lstm_layer_forward``.
+def lstm_layer_backward(W_hh, src_len, gates, c, tanh_c, dh_out, dh_last, dc_last):
+    """Backpropagation through time of ``lstm_layer_forward``: the recurrence only.
 
     dh_out (S, B, H): dL/dh_s from outside the recurrence (attention or the layer above),
     index s - 1 for step s. dh_last, dc_last (B, H): dL/d(h_S, c_S) (the decoder's
-    initial state). Returns dx (S, B, D_in), dW_ih, dW_hh, dbias (one GEMM each over all
-    steps). A frozen step passes its gradients straight to the previous state.
+    initial state). Returns dz (S, B, 4H) = dL/d(pre-activations), for ``lstm_layer_grads``.
+    A frozen step passes its gradients straight to the previous state.
     """
-    S, B, D_in = x.shape
-    H = W_hh.shape[1]
-    dz = np.empty((S, B, 4 * H), x.dtype)
+    S, B, H4 = gates.shape
+    H = H4 // 4
+    dz = np.empty((S, B, 4 * H), gates.dtype)
     dh = dh_last.copy()                                               # dL/dh_s, (B, H)
     dc = dc_last.copy()                                               # dL/dc_s, (B, H)
     dc_prev = np.empty_like(dc)
@@ -139,9 +147,17 @@ def lstm_layer_backward(x, W_ih, W_hh, src_len, gates, c, tanh_c, h, dh_out, dh_
                     dz[s, b, j] = 0.0
         dh = dh_prev
         dc, dc_prev = dc_prev, dc
-    dz2 = dz.reshape(S * B, 4 * H)
+    return dz
+
+
+@kernel
+def lstm_layer_grads(x, W_ih, h, dz):
+    """From dz (S, B, 4H): dx (S, B, D_in), dW_ih, dW_hh, dbias, one GEMM each over all steps."""
+    S, B, D_in = x.shape
+    H4 = dz.shape[2]
+    dz2 = dz.reshape(S * B, H4)
     dW_ih = dz2.T @ x.reshape(S * B, D_in)                            # (4H, D_in)
-    dW_hh = dz2.T @ h[:S].reshape(S * B, H)                           # (4H, H)
+    dW_hh = dz2.T @ h[:S].reshape(S * B, H4 // 4)                     # (4H, H)
     dbias = column_sum(dz2)
     dx = (dz2 @ W_ih).reshape(S, B, D_in)
     return dx, dW_ih, dW_hh, dbias

@@ -21,7 +21,7 @@ import numpy as np
 
 from .kernels_attention import project_keys
 from .kernels_decoder import decoder_backward, decoder_forward
-from .kernels_lstm import lstm_layer_backward, lstm_layer_forward
+from .kernels_lstm import input_projection, lstm_layer_backward, lstm_layer_forward, lstm_layer_grads
 from .kernels_util import copy_, kernel, swap01
 from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
@@ -109,7 +109,6 @@ def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count):
 
 # -- encoder stack ------------------------------------------------------------------
 
-@kernel
 def encoder_forward(w, src, src_len):
     """Embed and run the L encoder layers (each over all S steps before the next).
 
@@ -126,11 +125,11 @@ def encoder_forward(w, src, src_len):
     h = np.empty((L, S + 1, B, H), dt)
     for k in range(L):
         if k == 0:
-            lstm_layer_forward(w.tiles, x, w.enc_W_ih0, w.enc_W_hh[0], w.enc_b[0], src_len, gates[0], c[0], tanh_c[0], h[0])
+            xw = input_projection(x, w.enc_W_ih0, w.enc_b[0])
         else:
-            lstm_layer_forward(w.tiles, h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_W_hh[k], w.enc_b[k], src_len,
-                               gates[k], c[k], tanh_c[k], h[k])
-    keys = swap01(h[L - 1, 1:])                                  # (B, S, H)
+            xw = input_projection(h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_b[k])
+        lstm_layer_forward(w.tiles, xw, w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], h[k])
+    keys = swap01(h[L - 1, 1:])                                       # (B, S, H)
     keys_proj = project_keys(w.mode, keys, w.att_W_k)
     return x, gates, c, tanh_c, h, keys, keys_proj
 
@@ -147,34 +146,30 @@ def final_state(enc_c, enc_h):
     return h0, c0
 
 
-@kernel
 def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, dc_final):
     """Backward through the encoder stack, top layer first, into the source embeddings."""
-    L, H4, H = w.enc_W_hh.shape
+    L = w.enc_W_hh.shape[0]
     dW_hh = np.empty_like(w.enc_W_hh)
     dW_ih_up = np.empty_like(w.enc_W_ih_up)
     db = np.empty_like(w.enc_b)
-    dh_out = swap01(dkeys)                                       # (S, B, H)
-    for k in range(L - 1, 0, -1):
-        dx, dW_ih, dW_hh_k, db_k = lstm_layer_backward(
-            h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], h[k],
-            dh_out, dh_final[k], dc_final[k])
-        copy_(dW_ih_up[k - 1], dW_ih)
-        copy_(dW_hh[k], dW_hh_k)
-        db[k] = db_k
-        dh_out = dx
-    dx, dW_ih0, dW_hh_0, db_0 = lstm_layer_backward(
-        x, w.enc_W_ih0, w.enc_W_hh[0], src_len, gates[0], c[0], tanh_c[0], h[0], dh_out, dh_final[0], dc_final[0])
-    copy_(dW_hh[0], dW_hh_0)
-    db[0] = db_0
+    dh_out = swap01(dkeys)                                            # (S, B, H)
+    for k in range(L - 1, -1, -1):
+        dz = lstm_layer_backward(w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], dh_out,
+                                 dh_final[k], dc_final[k])
+        if k > 0:
+            dh_out, dW_ih_up[k - 1], dW_hh[k], db[k] = lstm_layer_grads(h[k - 1, 1:], w.enc_W_ih_up[k - 1],
+                                                                        h[k], dz)
+        else:
+            dx, dW_ih0, dW_hh[0], db[0] = lstm_layer_grads(x, w.enc_W_ih0, h[0], dz)
     demb_src = embed_backward(dx, src, w.emb_src.shape[0])
     return demb_src, dW_ih0, dW_ih_up, dW_hh, db
 
 
 # -- the whole model ----------------------------------------------------------------
-# Plain Python on purpose: these only chain the compiled pieces, once per step,
-# and compiling them cost 7-8 s per dtype (Numba re-optimises every kernel they link,
-# and their nested tuples of 15 arrays) to save some 50 microseconds a call.
+# Plain Python on purpose, like the encoder above: these only chain the compiled
+# pieces, once per step, and compiling them cost 7-8 s per dtype (Numba re-optimises
+# every kernel they link, and their nested tuples of 15 arrays) to save some 50
+# microseconds a call.
 
 def encode(w, src, src_len):
     """The encoder's caches ``enc`` (see ``encoder_forward``) and the decoder's initial

@@ -2,7 +2,10 @@
 
 They replace NumPy array expressions inside the kernels: each array expression
 is compiled afresh at every call site (slow cold compilation), while one of
-these helpers is compiled once per signature and reused.
+these helpers is compiled once per signature and reused. Assigning an array
+into a slice (``out[k] = x``) is the costliest: Numba compiles a formatted
+shape-mismatch error for it, about 4 s the first time in a process; ``copy_``
+has no such path.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def copy_(out, x):
     for n in range(N):
         for m in range(M):
             out[n, m] = x[n, m]
+
+
+@kernel
+def copy1_(out, x):
+    """out[...] = x, both (N,)."""
+    for n in range(out.shape[0]):
+        out[n] = x[n]
 
 
 @kernel
