@@ -164,17 +164,19 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
     rows.append(("softmax vocab", "generator loss + dlogits rows (fused, in place)",
                  med(lambda: loss_grad_rows_only(logits.copy(), w.b_out, labels, config.pad_id, count), repeats)
                  - med(lambda: logits.copy(), repeats)))
-    rows.append(("-", "generator_loss_backward (forward + backward)",
-                 med(lambda: generator_loss_backward(h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, count), repeats)))
+    def generator():       # allocates its (B*T, V) and (V, H) arrays as loss_and_grads does
+        return generator_loss_backward(h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, count,
+                                       np.empty_like(logits), np.empty_like(w.W_out))
+    rows.append(("-", "generator_loss_backward (forward + backward)", med(generator, repeats)))
     dlogits = logits
     rows.append(("GEMM big", "generator dW_out = dlogits^T h~", med(lambda: mm_tn(dlogits, h_tilde_bt), repeats)))
     rows.append(("GEMM big", "generator dh~ = dlogits W_out", med(lambda: mm_nn(dlogits, w.W_out), repeats)))
-    _, dW_out, db_out, dh_bt = generator_loss_backward(h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, count)
+    _, dW_out, db_out, dh_bt = generator()
     dh_tilde = np.ascontiguousarray(dh_bt.reshape(B, T, H).transpose(1, 0, 2))
     gates, c, tanh_c, h, a, cat, q_proj, h_tilde = dec
     rows.append(("-", "decoder_backward", med(lambda: decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde), repeats)))
     db = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde)
-    rows.append(("copies", "embed_backward (target)", med(lambda: embed_backward(db[0], y_in, w.emb_tgt.shape[0]), repeats)))
+    rows.append(("copies", "embed_backward (target)", med(lambda: embed_backward(db[0], y_in, np.zeros_like(w.emb_tgt)), repeats)))
     rows.append(("-", "encoder_backward", med(lambda: encoder_backward(w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, db[10], db[11], db[12]), repeats)))
     g = M.model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_bt) + (dW_out, db_out)
     rows.append(("python", "unpack_grads + finiteness check", med(lambda: M._check_finite("profile", *M.unpack_grads(g, config).values()), repeats)))

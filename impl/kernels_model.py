@@ -11,6 +11,13 @@ all S steps; the embedding part of the decoder's layer-0 projection over all T
 steps; the key projections of general/concat; the generator over all B*T rows;
 and in backward every weight gradient (one GEMM over all steps) and the
 gradient flowing back to the inputs of each layer.
+
+The largest arrays of a step (the (B*T, V) logits, the (V, H) and (V, E)
+gradients of the generator and the embeddings) are allocated by the caller with
+NumPy and filled here. NumPy asks Linux for transparent huge pages on large
+arrays and Numba's allocator does not: a fresh 32-64 MB array from inside a
+kernel costs 8-16 thousand page faults on first touch (large step: 4x fewer
+faults, 4-8% faster; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -66,10 +73,9 @@ def embed_time_major(table, ids):
 
 
 @kernel
-def embed_backward(d_out, ids, V):
-    """Scatter-add d_out (S, B, E) into the rows ids (B, S) of a (V, E) gradient, in a fixed order."""
+def embed_backward(d_out, ids, grad):
+    """Scatter-add d_out (S, B, E) into the rows ids (B, S) of grad (V, E), in a fixed order; returns grad."""
     S, B, E = d_out.shape
-    grad = np.zeros((V, E), d_out.dtype)
     for s in range(S):
         for b in range(B):
             for j in range(E):
@@ -80,29 +86,30 @@ def embed_backward(d_out, ids, V):
 # -- generator and loss -------------------------------------------------------------
 
 @kernel
-def generator_log_probs(h_tilde, W_out, b_out):
-    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out), one GEMM over all N rows."""
-    log_probs = h_tilde @ W_out.T
+def generator_log_probs(h_tilde, W_out, b_out, log_probs):
+    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out), one GEMM over all N rows, into the given array."""
+    np.dot(h_tilde, W_out.T, log_probs)
     log_softmax_rows(log_probs, b_out)
     return log_probs
 
 
 @kernel
-def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count):
+def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count, dlogits, dW_out):
     """The generator's forward and backward in one: the loss never needs all of log p.
 
     Returns picked (N,) = log p of each row's label (0 on PAD rows), and, with
     dlogits = (softmax - onehot(label)) / count on non-PAD rows and 0 on PAD rows,
-    dW_out = dlogits^T @ h~, db_out, dh~ = dlogits @ W_out (GEMMs over all N rows).
-    The logits buffer becomes dlogits in place (``kernels_vocab``).
+    dW_out = dlogits^T @ h~ (written into the given (V, H) array), db_out, and
+    dh~ = dlogits @ W_out (GEMMs over all N rows). The given (N, V) buffer
+    ``dlogits`` holds the logits first and becomes dlogits in place (``kernels_vocab``).
     """
     N = h_tilde.shape[0]
     V = W_out.shape[0]
-    dlogits = h_tilde @ W_out.T                                       # logits for now
+    np.dot(h_tilde, W_out.T, dlogits)                                 # logits for now
     picked = np.empty(N, h_tilde.dtype)
     db_out = np.zeros(V, h_tilde.dtype)
     log_softmax_grad_rows(dlogits, b_out, labels, pad, count, picked, db_out)
-    dW_out = dlogits.T @ h_tilde                                      # (V, H)
+    np.dot(dlogits.T, h_tilde, dW_out)                                # (V, H)
     dh_tilde = dlogits @ W_out                                        # (N, H)
     return picked, dW_out, db_out, dh_tilde
 
@@ -161,7 +168,7 @@ def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, d
                                                                         h[k], dz)
         else:
             dx, dW_ih0, dW_hh[0], db[0] = lstm_layer_grads(x, w.enc_W_ih0, h[0], dz)
-    demb_src = embed_backward(dx, src, w.emb_src.shape[0])
+    demb_src = embed_backward(dx, src, np.zeros_like(w.emb_src))
     return demb_src, dW_ih0, dW_ih_up, dW_hh, db
 
 
@@ -209,7 +216,7 @@ def model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt):
     (dy_emb, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b, dW_c, dW_q, dW_k, dv_a, dkeys,
      dh0, dc0) = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj,
                                   h_tilde, dh_tilde)
-    demb_tgt = embed_backward(dy_emb, y_in, w.emb_tgt.shape[0])
+    demb_tgt = embed_backward(dy_emb, y_in, np.zeros_like(w.emb_tgt))
     demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b = encoder_backward(
         w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, dkeys, dh0, dc0)
     return (demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b,

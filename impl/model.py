@@ -180,7 +180,8 @@ def forward(params, config: Config, src, src_len, tgt) -> ForwardResult:
     config, w, src, src_len, y_in, labels, rows = _prepare(params, config, src, src_len, tgt)
     B, T = y_in.shape
     enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
-    log_probs = generator_log_probs(h_tilde_bt, w.W_out, w.b_out)     # (B*T, V)
+    log_probs = generator_log_probs(h_tilde_bt, w.W_out, w.b_out,     # (B*T, V)
+                                    np.empty((B * T, config.V_tgt), h_tilde_bt.dtype))
     loss = _mean_nll(log_probs[rows, labels[rows]], rows.size)
     log_probs = log_probs.reshape(B, T, config.V_tgt)
     attention = np.ascontiguousarray(dec[4].transpose(1, 0, 2))      # (T, B, S) -> (B, T, S)
@@ -203,7 +204,8 @@ def loss_and_grads(params, config: Config, src, src_len, tgt) -> tuple[float, di
     dt = np.dtype(config.dtype)
     enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
     picked, dW_out, db_out, dh_tilde_bt = generator_loss_backward(
-        h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, dt.type(rows.size))
+        h_tilde_bt, w.W_out, w.b_out, labels, config.pad_id, dt.type(rows.size),
+        np.empty((labels.size, config.V_tgt), dt), np.empty_like(w.W_out))
     loss = _mean_nll(picked[rows], rows.size)
     g = model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt)
     grads = unpack_grads(g + (dW_out, db_out), config)
