@@ -20,13 +20,16 @@ SciPy, the one Numba calls, via threadpoolctl), for each size and dtype:
 
 Numba and PyTorch calls alternate inside each repeat (so load from other jobs
 hits both alike); each figure is the median over ``--repeats`` runs after
-warm-up, with the min-max spread. The machine's NumPy GEMM rate (square
+warm-up, with the min-max spread. Before each timed call the benchmark waits
+``SETTLE_S`` and makes one untimed call of the same function: the other
+library's idle threads spin for up to ~0.1 s after its last call and would
+otherwise take the cores from the first milliseconds of the timed one. The machine's NumPy GEMM rate (square
 matrices, same dtype, 2 threads) is measured too, and each training step's
 rate in matrix-product FLOPs is reported as a fraction of it (``train_flops``).
 
 Subprocesses measure the cold start (first calls in a fresh process with an
 empty, then a warm, Numba cache in a temporary NUMBA_CACHE_DIR) and the peak
-resident memory (getrusage maxrss) of one large float32 training step per
+resident memory (VmHWM) of one large float32 training step per
 implementation. ``--quick`` = the small size, float32, 3 repeats, memory at the
 first size, no compile from an empty cache: a smoke test.
 
@@ -125,6 +128,16 @@ def gemm_rate(dtype: str, n: int, repeats: int) -> float:
 
 
 GEMM_BURST = 10
+# OpenBLAS's idle workers spin for 2^28 cycles (~0.1 s) before they sleep; PyTorch's OpenMP
+# threads for less. Waiting longer than both lets each timed call start on quiet cores.
+SETTLE_S = 0.25
+
+
+def timed_settled(fn):
+    """(seconds, result) of fn() after the other library's threads went to sleep and one untimed fn()."""
+    time.sleep(SETTLE_S)
+    fn()
+    return timed(fn)
 
 
 def decode_gemm(size: str, dtype: str, repeats: int) -> dict:
@@ -142,11 +155,11 @@ def decode_gemm(size: str, dtype: str, repeats: int) -> dict:
         times = {"numpy": [], "torch": []}
         for _ in range(max(repeats, 5)):                  # alternate, as everywhere else
             for lib, product in products.items():
-                # A burst of one library's products after an untimed one, as a decoder calls them:
-                # a single product timed right after the other library's would measure the
-                # other's spinning threads (about 4 ms whatever the size, measured before).
-                product()
-                times[lib].append(timed(lambda: [product() for _ in range(GEMM_BURST)])[0] / GEMM_BURST)
+                # A burst of one library's products, as a decoder calls them: a single product
+                # timed right after the other library's measured the other's spinning threads
+                # (about 4 ms whatever the size).
+                burst = lambda: [product() for _ in range(GEMM_BURST)]  # noqa: E731
+                times[lib].append(timed_settled(burst)[0] / GEMM_BURST)
         out[name] = {k: stats(v)["median"] * 1e3 for k, v in times.items()}
         out[name]["R"] = R
     return out
@@ -221,7 +234,7 @@ def bench_case(size, dtype, repeats, perturb_torch=False):
     tokens = {}
     for _ in range(repeats):                           # alternate: both see the same machine load
         for k, fn in fns.items():
-            dt, out = timed(fn)
+            dt, out = timed_settled(fn)
             times[k].append(dt)
             tokens[k] = out if isinstance(out, int) else B * T
     out = {"loss_numba": loss_nb, "loss_torch": loss_pt, "loss_rel_diff": rel,
@@ -333,7 +346,8 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
              "",
              "The machine is shared (CI jobs may run beside the benchmark): absolute numbers are noisy. "
              "Numba and PyTorch calls alternate within each repeat, so the **ratios** are the figures to "
-             "read. Cells are `median (min-max)` over the repeats after warm-up; batches are full length "
+             f"read; each timed call follows a {SETTLE_S} s pause (the other library's idle threads stop "
+             "spinning) and one untimed call of the same function. Cells are `median (min-max)` over the repeats after warm-up; batches are full length "
              "(every row S source and T target tokens, T = S), dot score, input feeding, L = 1.", "",
              "### Training step (forward + backward, no optimizer), target tokens/s", "",
              "| size | dtype | Numba | PyTorch | Numba / PyTorch | target | loss Numba / PyTorch (rel. diff) |",
