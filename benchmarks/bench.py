@@ -340,7 +340,7 @@ def verdict(ratio, target) -> str:
 
 def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
     lines = [MARK_BEGIN, "",
-             "## Measured now (phase 2 and decoding on tiles)", "",
+             "## Measured now", "",
              "Produced by", "", "```bash", f"python benchmarks/bench.py {' '.join(args.argv)}", "```", "",
              f"on {time.strftime('%Y-%m-%d %H:%M')}:", ""] + machine(blas_info) + [
              "",
