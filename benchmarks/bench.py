@@ -21,9 +21,10 @@ SciPy, the one Numba calls, via threadpoolctl), for each size and dtype:
 Numba and PyTorch calls alternate inside each repeat (so load from other jobs
 hits both alike); each figure is the median over ``--repeats`` runs after
 warm-up, with the min-max spread. Before each timed call the benchmark waits
-``SETTLE_S`` and makes one untimed call of the same function: the other
-library's idle threads spin for up to ~0.1 s after its last call and would
-otherwise take the cores from the first milliseconds of the timed one. The machine's NumPy GEMM rate (square
+``SETTLE_S`` and makes one untimed call of the same function (that call is
+also the warm-up): the other library's idle threads spin for up to ~0.1 s
+after its last call and would otherwise take the cores from the first
+milliseconds of the timed one. The machine's NumPy GEMM rate (square
 matrices, same dtype, 2 threads) is measured too, and each training step's
 rate in matrix-product FLOPs is reported as a fraction of it (``train_flops``).
 
@@ -142,7 +143,8 @@ def timed_settled(fn):
 
 def decode_gemm(size: str, dtype: str, repeats: int) -> dict:
     """One decoding step's generator product, (R, H) @ (H, V) for R = B (greedy) and B*K (beam):
-    milliseconds with NumPy (SciPy's OpenBLAS, the BLAS Numba calls) and with PyTorch (MKL)."""
+    milliseconds per product with NumPy (its OpenBLAS, a build of the one Numba calls through
+    SciPy) and with PyTorch (MKL), in bursts of ``GEMM_BURST``."""
     import torch
     B, _, H, V = SIZES[size]
     rng = np.random.default_rng(0)
@@ -228,8 +230,6 @@ def bench_case(size, dtype, repeats, perturb_torch=False):
         "beam_numba": lambda: int(beam_search(params, config, src, src_len, BEAM_K, T).lengths.sum()),
         "beam_torch": lambda: int(beam_batched(model, src, src_len, BEAM_K, T).lengths.sum()),
     }
-    for fn in fns.values():                            # warm-up (compilation, allocator, caches)
-        fn()
     times = {k: [] for k in fns}
     tokens = {}
     for _ in range(repeats):                           # alternate: both see the same machine load
@@ -347,8 +347,8 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
              "The machine is shared (CI jobs may run beside the benchmark): absolute numbers are noisy. "
              "Numba and PyTorch calls alternate within each repeat, so the **ratios** are the figures to "
              f"read; each timed call follows a {SETTLE_S} s pause (the other library's idle threads stop "
-             "spinning) and one untimed call of the same function. Cells are `median (min-max)` over the repeats after warm-up; batches are full length "
-             "(every row S source and T target tokens, T = S), dot score, input feeding, L = 1.", "",
+             "spinning) and one untimed call of the same function. Cells are `median (min-max)` over "
+             "the repeats; batches are full length (every row S source and T target tokens, T = S), dot score, input feeding, L = 1.", "",
              "### Training step (forward + backward, no optimizer), target tokens/s", "",
              "| size | dtype | Numba | PyTorch | Numba / PyTorch | target | loss Numba / PyTorch (rel. diff) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -375,8 +375,8 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
                      f"{fmt_tps(r['beam_numba'])} | {fmt_tps(r['beam_torch'])} | **{beam:.2f}x** | "
                      f"{verdict(beam, DECODE_TARGET)} |")
     lines += ["", "One decoding step's generator product `(R, H) @ (H, V)` (R = B for greedy, B*K for beam), "
-              f"ms per product on 2 threads, median over bursts of {GEMM_BURST} products of one library at a time: "
-              "NumPy calls OpenBLAS (a build of the one Numba's `@` uses through SciPy); PyTorch calls MKL. "
+              f"ms per product on 2 threads, median over bursts of {GEMM_BURST} products of one library "
+              "at a time: NumPy calls OpenBLAS (a build of the one Numba's `@` uses through SciPy); PyTorch calls MKL. "
               "Both decoders spend most of a step in this product.", "",
               "| size | dtype | greedy R | OpenBLAS | MKL | OpenBLAS / MKL time | beam R | OpenBLAS | MKL | "
               "OpenBLAS / MKL time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

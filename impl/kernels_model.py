@@ -17,7 +17,7 @@ gradients of the generator and the embeddings) are allocated by the caller with
 NumPy and filled here. NumPy asks Linux for transparent huge pages on large
 arrays and Numba's allocator does not: a fresh 32-64 MB array from inside a
 kernel costs 8-16 thousand page faults on first touch (large step: 4x fewer
-faults, 4-8% faster; docs/performance.md).
+faults, 4-10% faster; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def embed_backward(d_out, ids, grad):
 
 @kernel
 def generator_log_probs(h_tilde, W_out, b_out, log_probs):
-    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out), one GEMM over all N rows, into the given array."""
+    """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out) into the given array, one GEMM over all N rows."""
     np.dot(h_tilde, W_out.T, log_probs)
     log_softmax_rows(log_probs, b_out)
     return log_probs
