@@ -1,7 +1,6 @@
 """Experiments behind issue 7's "tried and not adopted" (docs/performance.md).
 
     python benchmarks/experiments.py threads [--dtypes float32,float64] [--repeats 7]
-    python benchmarks/experiments.py exp64
 
 ``threads``: can the recurrence's skinny products (16 rows at large size) beat
 OpenBLAS with the register-tiled Numba kernel ``kernels_matmul.tiled_nt`` on
@@ -10,26 +9,20 @@ on the large decoder step's shapes: each product alone; after a big OpenBLAS
 product (two thread pools, as a step would mix them); and with one pool only
 (BLAS pinned to 1 thread, the big product split in halves over Numba's threads).
 
-``exp64``: a vectorisable float64 exp (Cody-Waite reduction, degree-13 Taylor
-polynomial) against libm: nanoseconds per element and the largest error in
-units in the last place, measured against long double over a sweep.
-
-Decoding now uses the tiles (docs/implementation.md); training and ``expd`` are
-not adopted. Each experiment prints what it measured.
+Decoding now uses the tiles (docs/implementation.md); training does not. The
+experiment prints what it measured. (The float64 exp that session 3 measured
+here, ``exp64``, is now ``kernels_math.expd``, tested in tests/test_impl_kernels.py.)
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (limit_threads, stats)
@@ -128,89 +121,14 @@ def threads(dtypes, repeats, steps=50, B=16, H=512):
     return rows
 
 
-# -- exp64 -------------------------------------------------------------------------------
-
-@intrinsic
-def _bitcast_int64_float64(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
-
-
-_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(14))
-_LN2_HI, _LN2_LO = 6.93145751953125e-1, 1.42860682030941723212e-6   # n * _LN2_HI exact for |n| < 2^11
-
-
-@njit(cache=True, error_model="numpy")
-def expd(x):
-    """e^x for a float64: x = n ln2 + r, e^r by Taylor to degree 13 (|r| <= ln2/2: truncation
-    below 0.03 ulp), 2^n as two exponent-bit factors (subnormal and overflowing results)."""
-    if x < -746.0:
-        x = -746.0
-    n = np.floor(x * 1.4426950408889634 + 0.5)
-    if not n >= -1076.0:                  # NaN too: keeps the int conversion defined
-        n = -1076.0
-    if n > 1024.0:
-        n = 1024.0
-    r = x - n * _LN2_HI - n * _LN2_LO
-    c = _INV_FACT
-    p = ((((((((((c[13] * r + c[12]) * r + c[11]) * r + c[10]) * r + c[9]) * r + c[8]) * r + c[7]) * r
-             + c[6]) * r + c[5]) * r + c[4]) * r + c[3]) * r + c[2]
-    p = p * r * r + r + 1.0
-    k = np.int64(n)
-    k1 = k >> 1
-    e = (p * _bitcast_int64_float64((k1 + 1023) << 52)) * _bitcast_int64_float64((k - k1 + 1023) << 52)
-    return np.inf if x > 709.782712893384 else e
-
-
-@njit(cache=True, error_model="numpy")
-def map_expd(x, out):
-    for i in range(x.size):
-        out[i] = expd(x[i])
-
-
-@njit(cache=True, error_model="numpy")
-def map_libm(x, out):
-    for i in range(x.size):
-        out[i] = np.exp(x[i])
-
-
-def exp64(repeats):
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.uniform(-745.0, 709.7, 1_000_000), rng.uniform(-1.0, 1.0, 1_000_000),
-                        rng.uniform(-40.0, 0.0, 1_000_000)])     # the last: softmax arguments x - max
-    exact = np.exp(x.astype(np.longdouble))
-    normal = (exact >= np.finfo(np.float64).tiny) & (exact <= np.finfo(np.float64).max)
-    ulp = np.spacing(exact[normal].astype(np.float64)).astype(np.longdouble)
-    print(f"float64 exp over {x.size:,} arguments in [-745, 709.7], error against long double\n")
-    print("| exp | ns per element | max ulps | share > 0.5 ulp |")
-    print("| --- | --- | --- | --- |")
-    out = {}
-    for name, fn in (("libm (np.exp in Numba)", map_libm), ("Cody-Waite + Taylor 13 (vectorised)", map_expd)):
-        y = np.empty_like(x)
-        ns = median_ms(lambda: fn(x, y), repeats) * 1e6 / x.size
-        err = np.abs(y[normal].astype(np.longdouble) - exact[normal]) / ulp
-        specials = np.empty(5)
-        fn(np.array([np.nan, np.inf, -np.inf, 710.0, -746.0]), specials)
-        if not (np.isnan(specials[0]) and specials[1] == np.inf and specials[2] == 0.0 and specials[3] == np.inf
-                and specials[4] == 0.0):
-            raise AssertionError(f"{name}: wrong special values {specials}")
-        print(f"| {name} | {ns:.2f} | {float(err.max()):.3f} | {float((err > 0.5).mean()):.2%} |")
-        out[name] = (ns, float(err.max()))
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=("threads", "exp64"))
+    p.add_argument("experiment", choices=("threads",))
     p.add_argument("--dtypes", default="float32,float64", help="threads: comma-separated dtypes")
     p.add_argument("--repeats", type=int, default=7, help="timed runs per figure (median)")
     p.add_argument("--steps", type=int, default=50, help="threads: decoder steps (T of the large size)")
     args = p.parse_args(argv)
-    if args.experiment == "threads":
-        threads(args.dtypes.split(","), args.repeats, steps=args.steps)
-    else:
-        exp64(args.repeats)
+    threads(args.dtypes.split(","), args.repeats, steps=args.steps)
     return 0
 
 

@@ -1,13 +1,24 @@
-"""Scalar transcendentals for the kernels: libm in float64, vectorisable polynomials in float32.
+"""Scalar transcendentals for the kernels: straight-line code that LLVM vectorises.
 
 This Numba has no SVML, so ``np.exp`` and ``np.tanh`` compile to one libm call
 per element and a loop around them is never vectorised; glibc's ``tanh`` costs
-about 28 ns, and the LSTM cells and h~ = tanh(...) spend most of the small
-training step in it. In float32 the functions here are straight-line code
-(Cody-Waite range reduction and Cephes' minimax polynomials, branches written
-as selects) that LLVM vectorises, within a few float32 ulps of the correctly
-rounded result (measured in tests/test_impl_kernels.py). In float64 they ARE the
-libm functions, so float64 results do not change by a single bit.
+about 28 ns, and the LSTM cells, h~ = tanh(...) and the softmax over the
+vocabulary spend most of the small training step in them. The functions here
+are written without calls or branches (branches as selects), so that a loop
+over them is vectorised:
+
+- ``exp``: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2 / 2, then
+  e^r by a polynomial (Cephes' minimax in float32, Taylor to degree 13 in
+  float64) and 2^n written into exponent bits;
+- ``tanh``: an odd rational (float64) or polynomial (float32) near 0, where
+  1 - 2 / (e^{2|x|} + 1) would cancel, and that formula beyond |x| = 0.625;
+- ``sigmoid`` = 1 / (1 + e^{-x}).
+
+Their errors against the correctly rounded result are measured in
+tests/test_impl_kernels.py (float32: <= 2.15 ulp; float64: <= 2 ulp). float64
+results therefore differ from libm's in the last bit or two of some entries,
+far below the tolerances that tie the implementation to the oracle
+(docs/implementation.md, "Transcendentals").
 
 ``exp_``, ``tanh_`` and ``sigmoid_`` dispatch on the argument's type when
 compiled (``numba.extending.overload``) and at run time when Numba's JIT is
@@ -16,8 +27,9 @@ disabled, so both modes run the same formulas.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
@@ -37,24 +49,43 @@ _ONE32 = np.float32(1.0)
 _TWO32 = np.float32(2.0)
 
 
-# -- float32 building blocks -------------------------------------------------------------
+# -- bit patterns -----------------------------------------------------------------------
+# One function per width: Numba computes ``int32 + int32`` in int64, so the width of
+# the result cannot follow the argument's type.
 
 def float32_from_bits(bits):
     """The float32 whose IEEE-754 bit pattern is the int32 ``bits``."""
     return np.int32(bits).view(np.float32)
 
 
-@intrinsic
-def _bitcast_int32_float32(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
+def float64_from_bits(bits):
+    """The float64 whose IEEE-754 bit pattern is the int64 ``bits``."""
+    return np.int64(bits).view(np.float64)
+
+
+def _bitcast_intrinsic(int_t, float_t):
+    @intrinsic
+    def bitcast(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(float_t))
+        return float_t(int_t), codegen
+    return bitcast
+
+
+_bitcast32, _bitcast64 = _bitcast_intrinsic(types.int32, types.float32), _bitcast_intrinsic(types.int64, types.float64)
 
 
 @overload(float32_from_bits)
 def _float32_from_bits_jit(bits):
-    return lambda bits: _bitcast_int32_float32(bits)
+    return lambda bits: _bitcast32(bits)
 
+
+@overload(float64_from_bits)
+def _float64_from_bits_jit(bits):
+    return lambda bits: _bitcast64(bits)
+
+
+# -- float32 -----------------------------------------------------------------------------
 
 @njit(cache=True, error_model="numpy")
 def expf(x):
@@ -99,23 +130,82 @@ def sigmoidf(x):
     return _ONE32 / (_ONE32 + expf(-x))
 
 
+# -- float64 -----------------------------------------------------------------------------
+
+# ln 2 = _LN2_HI_D + _LN2_LO_D; _LN2_HI_D has 32 significant bits, so n * _LN2_HI_D is exact
+# for |n| < 2^21 (n <= 1076 here)
+_LN2_HI_D = 6.93147180369123816490e-01
+_LN2_LO_D = 1.90821492927058770002e-10
+_INV_FACT = tuple(1.0 / math.factorial(k) for k in range(14))
+# tanh(x) = x + x^3 P(x^2) / Q(x^2) on |x| <= 0.625 (Cephes tanh; Q's leading 1 implicit)
+_TANH_P_D = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
+_TANH_Q_D = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
+
+
+@njit(cache=True, error_model="numpy")
+def expd(x):
+    """exp(x) for a float64 x; NaN stays NaN, overflow gives inf, underflow gives 0.
+
+    As ``expf``: x = n ln2 + r, |r| <= ln2 / 2; e^r by its Taylor series to degree
+    13 (truncation error below 0.03 ulp), 2^n as two exponent-bit factors so that
+    n from -1076 to 1024 is representable (subnormal and overflowing results).
+    """
+    if x < -746.0:
+        x = -746.0
+    n = np.floor(x * 1.4426950408889634 + 0.5)
+    if not n >= -1076.0:                  # also NaN -> -1076: the int conversion below stays defined
+        n = -1076.0
+    if n > 1024.0:
+        n = 1024.0
+    r = x - n * _LN2_HI_D - n * _LN2_LO_D
+    c = _INV_FACT
+    p = ((((((((((c[13] * r + c[12]) * r + c[11]) * r + c[10]) * r + c[9]) * r + c[8]) * r + c[7]) * r
+             + c[6]) * r + c[5]) * r + c[4]) * r + c[3]) * r + c[2]
+    p = p * r * r + r + 1.0               # NaN x gives NaN r and NaN p
+    k = np.int64(n)
+    k1 = k >> 1
+    e = (p * float64_from_bits((k1 + 1023) << 52)) * float64_from_bits((k - k1 + 1023) << 52)
+    return np.inf if x > 709.782712893384 else e
+
+
+def _tanhd(x):
+    a = abs(x)
+    z = x * x
+    P, Q = _TANH_P_D, _TANH_Q_D
+    small = x + x * z * (((P[0] * z + P[1]) * z + P[2]) / (((z + Q[0]) * z + Q[1]) * z + Q[2]))
+    big = np.copysign(1.0 - 2.0 / (expd(2.0 * a) + 1.0), x)  # e^{2|x|} = inf gives exactly 1
+    if a <= 0.625:
+        return np.copysign(small, x)      # tanh(-0) = -0
+    return big
+
+
+# The kernels inline this body where they call ``tanh_`` (``_tanh_jit``): called as a
+# function, it is too large for LLVM to inline, and a loop around a call is not vectorised.
+tanhd = njit(cache=True, error_model="numpy")(_tanhd)
+tanhd.__doc__ = """tanh(x) for a float64 x: an odd rational near 0, 1 - 2 / (e^{2|x|} + 1) beyond."""
+
+
+@njit(cache=True, error_model="numpy")
+def sigmoidd(x):
+    """1 / (1 + e^{-x}) for a float64 x."""
+    return 1.0 / (1.0 + expd(-x))
+
+
 # -- dtype-dispatched scalars ------------------------------------------------------------
 
 def exp_(x):
-    """e^x: ``expf`` for a float32, libm's ``exp`` otherwise."""
-    return expf(x) if isinstance(x, np.float32) else np.exp(x)
+    """e^x: ``expf`` for a float32, ``expd`` otherwise."""
+    return expf(x) if isinstance(x, np.float32) else expd(x)
 
 
 def tanh_(x):
-    """tanh(x): ``tanhf`` for a float32, libm's ``tanh`` otherwise."""
-    return tanhf(x) if isinstance(x, np.float32) else np.tanh(x)
+    """tanh(x): ``tanhf`` for a float32, ``tanhd`` otherwise."""
+    return tanhf(x) if isinstance(x, np.float32) else tanhd(x)
 
 
 def sigmoid_(x):
-    """1 / (1 + e^{-x}): ``sigmoidf`` for a float32, libm's ``exp`` otherwise."""
-    if isinstance(x, np.float32):
-        return sigmoidf(x)
-    return 1.0 / (1.0 + np.exp(-x))
+    """1 / (1 + e^{-x}): ``sigmoidf`` for a float32, ``sigmoidd`` otherwise."""
+    return sigmoidf(x) if isinstance(x, np.float32) else sigmoidd(x)
 
 
 def _is_float32(x):
@@ -126,18 +216,18 @@ def _is_float32(x):
 def _exp_jit(x):
     if _is_float32(x):
         return lambda x: expf(x)
-    return lambda x: np.exp(x)
+    return lambda x: expd(x)
 
 
-@overload(tanh_)
+@overload(tanh_, inline="always")
 def _tanh_jit(x):
     if _is_float32(x):
         return lambda x: tanhf(x)
-    return lambda x: np.tanh(x)
+    return _tanhd
 
 
 @overload(sigmoid_)
 def _sigmoid_jit(x):
     if _is_float32(x):
         return lambda x: sigmoidf(x)
-    return lambda x: 1.0 / (1.0 + np.exp(-x))
+    return lambda x: sigmoidd(x)

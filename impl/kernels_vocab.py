@@ -10,69 +10,43 @@ result), writes its result in place or into one reused scratch row, and never
 materialises log p, p and dL/dx as three separate (N, V) arrays: at the sizes
 of issue 7 these are 50-60 MB each and their traffic cost more than the exps.
 
-``exp_shifted_sum`` is the one place where the dtypes differ. float64 calls
-libm's ``exp`` one element at a time (float64 results keep every verified
-digit, bit for bit). float32 uses ``kernels_math.expf`` in a loop that LLVM
-vectorises and sums in 16 interleaved partial sums: about 3x faster over a row.
+``exp_shifted_sum`` calls ``kernels_math.exp_`` in a loop that LLVM
+vectorises and sums in 16 interleaved partial sums: about 3x faster over a row
+than libm's ``exp`` one element at a time and one running sum.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
-from .kernels_math import expf
+from .kernels_math import exp_
 from .kernels_util import kernel
 
 
-# -- exp of a shifted row, dtype-dispatched ---------------------------------------------
+# -- exp of a shifted row ----------------------------------------------------------------
 # In place on purpose: with separate input and output arrays LLVM guards the
 # vectorised loop with an overlap test, and an exact alias fails it.
 
 @kernel
-def _exp_shifted_sum_f32(x, m):
+def exp_shifted_sum(x, m):
+    """x[v] = exp(x[v] - m) in place for a row x (V,); returns the sum of the new x."""
     V = x.shape[0]
     for v in range(V):                    # vectorised: no reduction in this loop
-        x[v] = expf(x[v] - m)
+        x[v] = exp_(x[v] - m)
     # 16 interleaved partial sums: a float reduction in one accumulator cannot be
     # vectorised (no reassociation without fastmath); the order is fixed, so
     # results stay deterministic.
-    acc = np.zeros(16, np.float32)
+    acc = np.zeros(16, x.dtype)
     V16 = V - V % 16
     for v0 in range(0, V16, 16):
         for j in range(16):
             acc[j] += x[v0 + j]
-    total = np.float32(0.0)
-    for j in range(16):
+    total = acc[0]
+    for j in range(1, 16):
         total += acc[j]
     for v in range(V16, V):
         total += x[v]
     return total
-
-
-@kernel
-def _exp_shifted_sum_libm(x, m):
-    total = np.zeros(1, x.dtype)[0]
-    for v in range(x.shape[0]):
-        e = np.exp(x[v] - m)
-        x[v] = e
-        total += e
-    return total
-
-
-def exp_shifted_sum(x, m):
-    """x[v] = exp(x[v] - m) in place for a row x (V,); returns the sum of the new x."""
-    if x.dtype == np.float32:
-        return _exp_shifted_sum_f32(x, m)
-    return _exp_shifted_sum_libm(x, m)
-
-
-@overload(exp_shifted_sum)
-def _exp_shifted_sum_jit(x, m):
-    if x.dtype == types.float32:
-        return lambda x, m: _exp_shifted_sum_f32(x, m)
-    return lambda x, m: _exp_shifted_sum_libm(x, m)
 
 
 # -- row routines ------------------------------------------------------------------------

@@ -377,8 +377,8 @@ print(json.dumps({score: _jit_case_results(score) for score in SCORES}))
 
 
 def test_kernels_run_without_the_jit():
-    # Same operations in pure Python/NumPy: only BLAS vs NumPy summation order
-    # and libm differ, at the ulp level (1e-12 relative); decoded tokens are equal
+    # Same operations and formulas in pure Python/NumPy: only BLAS vs NumPy summation
+    # order differs, at the ulp level (1e-12 relative); decoded tokens are equal
     # unless two log-probabilities tie within that, which these cases do not.
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     out = subprocess.run([sys.executable, "-c", _NOJIT_SCRIPT, os.path.dirname(__file__)], env=env,
@@ -401,8 +401,8 @@ def test_kernels_run_without_the_jit():
 @pytest.mark.parametrize("L,feeding", [(1, True), (2, False)])
 def test_loss_and_gradients_match_the_oracle(score, L, feeding):
     # The oracle evaluates MODEL.md in mpmath at 30 digits; our float64 result
-    # differs by rounding only: a few ulps per operation, observed <= 5e-15
-    # relative to each gradient's largest entry. The bound 1e-10 (the lead's
+    # differs by rounding only: a few ulps per operation, observed <= 1.3e-14
+    # relative to each gradient's largest entry (docs/implementation.md, Tolerances). The bound 1e-10 (the lead's
     # target) leaves 4 orders of magnitude and still catches any modelling error.
     oracle = pytest.importorskip("attnspec.spec.oracle")
     cfg = Config(V_src=6, V_tgt=6, E=2, H=3, L=L, score=score, input_feeding=feeding)
