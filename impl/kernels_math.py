@@ -219,7 +219,12 @@ def _exp_jit(x):
     return lambda x: expd(x)
 
 
-@overload(tanh_, inline="always")
+def _inline_float64(expr, caller, callee):
+    """Numba-level inlining for the float64 ``tanh_`` only (float32's is small enough for LLVM)."""
+    return not _is_float32(caller.typemap[expr.args[0].name])
+
+
+@overload(tanh_, inline=_inline_float64)
 def _tanh_jit(x):
     if _is_float32(x):
         return lambda x: tanhf(x)
