@@ -338,6 +338,16 @@ def verdict(ratio, target) -> str:
     return f"{'met' if ratio >= target else 'NOT met'} (>= {target:g}x)"
 
 
+def decode_ceiling(r: dict, kind: str, size: str) -> float:
+    """Numba / PyTorch decoding ratio if a step cost only its generator product at the faster
+    library's rate: PyTorch's time / (steps x product time), steps = output tokens / B."""
+    B = SIZES[size][0]
+    torch_s = (min(r["greedy_torch_protocol"]["median"], r["greedy_torch_batched"]["median"]) if kind == "greedy"
+               else r["beam_torch"]["median"])
+    product_s = min(r["decode_gemm"][kind]["numpy"], r["decode_gemm"][kind]["torch"]) / 1e3
+    return torch_s / (r[f"{kind}_numba"]["tokens"] / B * product_s)
+
+
 def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
     lines = [MARK_BEGIN, "",
              "## Measured now", "",
@@ -377,14 +387,21 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
     lines += ["", "One decoding step's generator product `(R, H) @ (H, V)` (R = B for greedy, B*K for beam), "
               f"ms per product on 2 threads, median over bursts of {GEMM_BURST} products of one library "
               "at a time: NumPy calls OpenBLAS (a build of the one Numba's `@` uses through SciPy); PyTorch calls MKL. "
-              "Both decoders spend most of a step in this product.", "",
-              "| size | dtype | greedy R | OpenBLAS | MKL | OpenBLAS / MKL time | beam R | OpenBLAS | MKL | "
-              "OpenBLAS / MKL time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "Both decoders spend most of a step in this product. The ceiling is the largest ratio over "
+              "PyTorch that a decoder doing this product at the faster library's rate could reach if "
+              "everything else in a step took no time: PyTorch's median decoding time / (steps x product "
+              "time), with steps = output tokens / B (at least the decoder's steps; more would lower the "
+              "ceiling). A ceiling below the 2x target puts the target out of reach of BLAS products; "
+              "only a faster product (the tiles, for greedy decoding at large size) could reach it.", "",
+              "| size | dtype | greedy R | OpenBLAS | MKL | OpenBLAS / MKL time | greedy ceiling | beam R | "
+              "OpenBLAS | MKL | OpenBLAS / MKL time | beam ceiling |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (size, dtype), r in results.items():
         g, b = r["decode_gemm"]["greedy"], r["decode_gemm"]["beam"]
+        ceiling = {kind: decode_ceiling(r, kind, size) for kind in ("greedy", "beam")}
         lines.append(f"| {size} | {dtype} | {g['R']} | {g['numpy']:.2f} ms | {g['torch']:.2f} ms | "
-                     f"{g['numpy'] / g['torch']:.2f} | {b['R']} | {b['numpy']:.2f} ms | {b['torch']:.2f} ms | "
-                     f"{b['numpy'] / b['torch']:.2f} |")
+                     f"{g['numpy'] / g['torch']:.2f} | {ceiling['greedy']:.2f}x | {b['R']} | {b['numpy']:.2f} ms | "
+                     f"{b['torch']:.2f} ms | {b['numpy'] / b['torch']:.2f} | {ceiling['beam']:.2f}x |")
     lines += ["", "### Fraction of the machine's GEMM rate reached by the training step", "",
               "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median; the "
               "machine rate is the best n. Step rate = `train_flops` / median step time, with "

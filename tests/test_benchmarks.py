@@ -1,6 +1,7 @@
-"""benchmarks/bench.py runs end to end and refuses to time implementations whose losses differ.
+"""benchmarks/bench.py runs end to end, refuses to time implementations whose losses differ,
+and computes the decoding ceiling as documented.
 
-Both tests run the script in a subprocess on the reduced size ``tiny``
+The first two tests run the script in a subprocess on the reduced size ``tiny``
 (B=4, S=T=6, E=H=8, V=50) with ``--quick``, one dtype; each takes a few
 seconds once the Numba cache is warm. Skipped without PyTorch.
 """
@@ -41,3 +42,16 @@ def test_benchmark_refuses_to_time_models_whose_losses_differ(tmp_path):
     assert proc.returncode == 3, f"expected the loss check to stop the run (exit 3), got {proc.returncode}:\n{proc.stderr}"
     assert "LOSS MISMATCH" in proc.stderr, proc.stderr
     assert not out.exists(), "no report may be written when the losses disagree"
+
+
+def test_decode_ceiling_divides_pytorch_time_by_the_faster_products():
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+    B, T = bench.SIZES["small"][0], bench.SIZES["small"][1]
+    r = {"greedy_torch_protocol": {"median": 3.0}, "greedy_torch_batched": {"median": 1.0},
+         "beam_torch": {"median": 2.0}, "greedy_numba": {"tokens": B * T}, "beam_numba": {"tokens": B * T // 2},
+         "decode_gemm": {"greedy": {"numpy": 10.0, "torch": 20.0}, "beam": {"numpy": 40.0, "torch": 25.0}}}
+    # greedy: the faster PyTorch (1 s) over T steps of the faster product (10 ms)
+    assert bench.decode_ceiling(r, "greedy", "small") == 1.0 / (T * 0.010)
+    # beam: half the tokens, so T / 2 steps, of the faster product (MKL's 25 ms)
+    assert bench.decode_ceiling(r, "beam", "small") == 2.0 / (T / 2 * 0.025)
