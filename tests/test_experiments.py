@@ -1,8 +1,8 @@
-"""benchmarks/experiments.py runs, and its kernels agree with BLAS.
+"""benchmarks/experiments.py runs and its kernels agree with BLAS; profile_decode.py runs.
 
 The experiment checks its own kernels before timing them (the tiles and
-``split_product`` against OpenBLAS) and raises if they disagree; this test runs
-it at its smallest settings. (The tiles themselves are tested in
+``split_product`` against OpenBLAS) and raises if they disagree; the tests run
+both scripts at their smallest settings. (The tiles themselves are tested in
 tests/test_impl_matmul.py.)
 """
 
@@ -21,3 +21,13 @@ def test_threads_experiment_runs_and_its_kernels_agree_with_blas():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "one pool (BLAS 1 thread)" in proc.stdout
+
+
+def test_profile_decode_prints_its_table():
+    cmd = [sys.executable, str(BENCH_DIR / "profile_decode.py"), "--sizes", "tiny", "--dtypes", "float64",
+           "--repeats", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for row in ("| whole decode, max_len = 6 |", "| encoder (encode) |", "| one step: decode_step |",
+                "| one step: greedy_pick over 4 rows |"):
+        assert row in proc.stdout, proc.stdout
