@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +45,8 @@ def generator_product(h_tilde, W_out):
 
 
 def med_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
+    fn()                                                  # warm-up (and compilation)
+    return bench.stats([bench.timed(fn)[0] for _ in range(repeats)])["median"] * 1e3
 
 
 def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
