@@ -1,6 +1,7 @@
 """Experiments behind issue 7's "tried and not adopted" (docs/performance.md).
 
     python benchmarks/experiments.py threads [--dtypes float32,float64] [--repeats 7]
+    python benchmarks/experiments.py transcendentals [--dtypes float32,float64] [--repeats 7]
 
 ``threads``: can the recurrence's skinny products (16 rows at large size) beat
 OpenBLAS with the register-tiled Numba kernel ``kernels_matmul.tiled_nt`` on
@@ -9,9 +10,13 @@ on the large decoder step's shapes: each product alone; after a big OpenBLAS
 product (two thread pools, as a step would mix them); and with one pool only
 (BLAS pinned to 1 thread, the big product split in halves over Numba's threads).
 
-Decoding now uses the tiles (docs/implementation.md); training does not. The
-experiment prints what it measured. (The float64 exp that session 3 measured
-here, ``exp64``, is now ``kernels_math.expd``, tested in tests/test_impl_kernels.py.)
+Decoding now uses the tiles (docs/implementation.md); training does not.
+
+``transcendentals``: nanoseconds per element of ``kernels_math``'s exp, tanh
+and sigmoid against libm's (``np.exp``/``np.tanh`` compiled by Numba), each in
+a loop over 2,000,000 arguments, and their largest errors in ulps against long
+double (where NumPy's long double is wider than float64; tests/test_impl_kernels.py
+measures them against mpmath). Each experiment prints what it measured.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from numba import njit, prange
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (limit_threads, stats)
 
+from attnspec.impl.kernels_math import exp_, sigmoid_, tanh_  # noqa: E402
 from attnspec.impl.kernels_matmul import tiled_nt  # noqa: E402  (decoding's tiles)
 
 
@@ -121,14 +127,83 @@ def threads(dtypes, repeats, steps=50, B=16, H=512):
     return rows
 
 
+# -- transcendentals: kernels_math against libm ---------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def map_ours(kind, x, out):
+    """out = exp (kind 0), tanh (1) or sigmoid (2) of x, by kernels_math."""
+    if kind == 0:
+        for i in range(x.shape[0]):
+            out[i] = exp_(x[i])
+    elif kind == 1:
+        for i in range(x.shape[0]):
+            out[i] = tanh_(x[i])
+    else:
+        for i in range(x.shape[0]):
+            out[i] = sigmoid_(x[i])
+
+
+@njit(cache=True, error_model="numpy")
+def map_libm(kind, x, out):
+    """The same through libm: np.exp and np.tanh compiled by Numba."""
+    one = x.dtype.type(1)
+    if kind == 0:
+        for i in range(x.shape[0]):
+            out[i] = np.exp(x[i])
+    elif kind == 1:
+        for i in range(x.shape[0]):
+            out[i] = np.tanh(x[i])
+    else:
+        for i in range(x.shape[0]):
+            out[i] = one / (one + np.exp(-x[i]))
+
+
+def transcendentals(dtypes, repeats):
+    rng = np.random.default_rng(0)
+    x64 = np.concatenate([rng.uniform(-20.0, 20.0, 1_000_000), rng.uniform(-1.0, 1.0, 1_000_000)])
+    wide = np.finfo(np.longdouble).nmant > 52
+    print(f"{x64.size:,} arguments in [-20, 20] and [-1, 1]; ns per element; max ulps against long double"
+          + ("" if wide else " (not measured: long double is float64 here)") + "\n")
+    print("| dtype | function | libm (ns) | kernels_math (ns) | libm / kernels_math | max ulps libm "
+          "| max ulps kernels_math |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for dt in dtypes:
+        x = x64.astype(dt)
+        if wide:                          # of the arguments as rounded to dt
+            xl = x.astype(np.longdouble)
+            exact = {"exp": np.exp(xl), "tanh": np.tanh(xl), "sigmoid": 1 / (1 + np.exp(-xl))}
+        for k, fn in enumerate(("exp", "tanh", "sigmoid")):
+            outs = {name: np.empty_like(x) for name in ("libm", "ours")}
+            ns = {name: median_ms(lambda f=f, o=outs[name]: f(k, x, o), repeats) * 1e6 / x.size
+                  for name, f in (("libm", map_libm), ("ours", map_ours))}
+            ulps = {}
+            for name in ("libm", "ours"):
+                got = outs[name]
+                if wide:
+                    e = exact[fn]
+                    normal = (np.abs(e) >= np.finfo(dt).tiny) & (np.abs(e) <= np.finfo(dt).max)
+                    ulp = np.spacing(np.abs(e[normal]).astype(dt)).astype(np.longdouble)
+                    ulps[name] = f"{float(np.max(np.abs(got[normal].astype(np.longdouble) - e[normal]) / ulp)):.2f}"
+                else:
+                    ulps[name] = "-"
+            print(f"| {dt} | {fn} | {ns['libm']:.2f} | {ns['ours']:.2f} | {ns['libm'] / ns['ours']:.1f}x | "
+                  f"{ulps['libm']} | {ulps['ours']} |")
+            rows.append((dt, fn, ns["libm"], ns["ours"]))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=("threads",))
-    p.add_argument("--dtypes", default="float32,float64", help="threads: comma-separated dtypes")
+    p.add_argument("experiment", choices=("threads", "transcendentals"))
+    p.add_argument("--dtypes", default="float32,float64", help="comma-separated dtypes")
     p.add_argument("--repeats", type=int, default=7, help="timed runs per figure (median)")
     p.add_argument("--steps", type=int, default=50, help="threads: decoder steps (T of the large size)")
     args = p.parse_args(argv)
-    threads(args.dtypes.split(","), args.repeats, steps=args.steps)
+    if args.experiment == "threads":
+        threads(args.dtypes.split(","), args.repeats, steps=args.steps)
+    else:
+        transcendentals(args.dtypes.split(","), args.repeats)
     return 0
 
 

@@ -1,8 +1,8 @@
-"""benchmarks/experiments.py runs and its kernels agree with BLAS; profile_decode.py runs.
+"""benchmarks/experiments.py (both experiments) and profile_decode.py run and print their tables.
 
-The experiment checks its own kernels before timing them (the tiles and
-``split_product`` against OpenBLAS) and raises if they disagree; the tests run
-both scripts at their smallest settings. (The tiles themselves are tested in
+The threads experiment checks its own kernels before timing them (the tiles
+and ``split_product`` against OpenBLAS) and raises if they disagree; the tests
+run each script at its smallest settings. (The tiles themselves are tested in
 tests/test_impl_matmul.py.)
 """
 
@@ -31,3 +31,12 @@ def test_profile_decode_prints_its_table():
     for row in ("| whole decode, max_len = 6 |", "| encoder (encode) |", "| one step: decode_step |",
                 "| one step: greedy_pick over 4 rows |"):
         assert row in proc.stdout, proc.stdout
+
+
+def test_transcendentals_experiment_prints_every_function():
+    cmd = [sys.executable, str(BENCH_DIR / "experiments.py"), "transcendentals", "--repeats", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for dt in ("float32", "float64"):
+        for fn in ("exp", "tanh", "sigmoid"):
+            assert f"| {dt} | {fn} |" in proc.stdout, proc.stdout
