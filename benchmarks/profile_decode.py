@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (SIZES, make_problem, limit_threads)
 
 from attnspec.impl.decode import _prepare, greedy_decode  # noqa: E402
-from attnspec.impl.kernels_decode import _state, decode_step  # noqa: E402
+from attnspec.impl.kernels_decode import _state, decode_step, layer0_weights  # noqa: E402
 from attnspec.impl.kernels_model import encode  # noqa: E402
 from attnspec.impl.kernels_vocab import greedy_pick  # noqa: E402
 from attnspec.impl.model import pack_weights  # noqa: E402
@@ -60,9 +60,10 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
     y = np.full(B, cfg.bos_id, np.int64)
     h_tilde = np.zeros((B, cfg.H), keys.dtype)
     src_row = np.arange(B)
+    W0 = layer0_weights(w)
 
     def step():
-        return decode_step(w, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c, *state)
+        return decode_step(w, W0, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c, *state)
 
     logits, scratch = step(), np.empty(V, keys.dtype)
     rows = {

@@ -26,18 +26,22 @@ from .kernels_util import add_, add_bias_, column_sum, copy1_, copy_, kernel, sw
 
 
 @kernel
-def decoder_step(w, xw0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+def decoder_step(w, xw0, z0_whole, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One decoder step for R rows: writes gates (L, R, 4H), c, tanh_c, h (L, R, H),
     a (R, S), cat = [ctx; h_top] (R, 2H), q_proj (R, H), h_tilde (R, H).
 
-    xw0 (R, 4H) is layer 0's input projection of the embedding, bias included.
+    xw0 (R, 4H) is layer 0's input projection of the embedding, bias included;
+    with ``z0_whole`` it is layer 0's whole pre-activation (decoding computes it
+    in one product: ``kernels_decode.decode_step``).
     """
     L = w.dec_W_hh.shape[0]
     H = w.dec_W_hh.shape[2]
     R = h_tilde.shape[0]
     for k in range(L):
-        if k == 0:
+        if k == 0 and z0_whole:
+            z = xw0
+        elif k == 0:
             z = mm_nt(w.tiles, h_prev[0], w.dec_W_hh[0])              # (R, 4H)
             add_(z, xw0)
             if w.feeds:
@@ -97,7 +101,7 @@ def decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len):
     zero_(h_tilde[0])
     src_row = np.arange(B)
     for t in range(T):
-        decoder_step(w, xw0[t], h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
+        decoder_step(w, xw0[t], False, h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
                      gates[t], c[t + 1], tanh_c[t], h[t + 1], a[t], cat[t], q_proj[t], h_tilde[t + 1])
     return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
 
