@@ -25,7 +25,8 @@ warm-up, with the min-max spread. Before each timed call the benchmark waits
 also the warm-up): the other library's idle threads spin for up to ~0.1 s
 after its last call and would otherwise take the cores from the first
 milliseconds of the timed one. The machine's NumPy GEMM rate (square
-matrices, same dtype, 2 threads) is measured too, and each training step's
+matrices, same dtype, 2 threads; at the start and at the end of the run, the
+best counts) is measured too, and each training step's
 rate in matrix-product FLOPs is reported as a fraction of it (``train_flops``).
 
 Subprocesses measure the cold start (first calls in a fresh process with an
@@ -403,14 +404,15 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
                      f"{g['numpy'] / g['torch']:.2f} | {ceiling['greedy']:.2f}x | {b['R']} | {b['numpy']:.2f} ms | "
                      f"{b['torch']:.2f} ms | {b['numpy'] / b['torch']:.2f} | {ceiling['beam']:.2f}x |")
     lines += ["", "### Fraction of the machine's GEMM rate reached by the training step", "",
-              "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median; the "
-              "machine rate is the best n. Step rate = `train_flops` / median step time, with "
+              "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median, measured "
+              "at the start and again at the end of the run; the machine rate is the best of the four (a "
+              "load that slows one measurement must not lower the yardstick). Step rate = `train_flops` / median step time, with "
               "`train_flops = 3 * 2 * [B*S*(E+H)*4H + B*T*(E+2H)*4H + 2*B*T*S*H + B*T*2H*H + B*T*H*V]` "
               "(forward matrix products, x3 for backward; elementwise work not counted).", "",
-              "| dtype | " + " | ".join(f"GEMM n={n}" for n in sorted(next(iter(gemm.values())))) + " |",
+              "| dtype | " + " | ".join(f"GEMM {key}" for key in next(iter(gemm.values()))) + " |",
               "| --- |" + " --- |" * len(next(iter(gemm.values())))]
     for dtype, rates in gemm.items():
-        lines.append(f"| {dtype} | " + " | ".join(f"{rates[n]:.1f} GFLOP/s" for n in sorted(rates)) + " |")
+        lines.append(f"| {dtype} | " + " | ".join(f"{rate:.1f} GFLOP/s" for rate in rates.values()) + " |")
     lines += ["", "| size | dtype | GFLOP per step | Numba GFLOP/s (fraction) | PyTorch GFLOP/s (fraction) | target |",
               "| --- | --- | --- | --- | --- | --- |"]
     for (size, dtype), r in results.items():
@@ -485,7 +487,7 @@ def main(argv=None) -> int:
     repeats = args.repeats or (3 if args.quick else 5)
     import torch  # noqa: F401  (before limit_threads, so that its threads are limited too)
     _, blas_info = limit_threads()
-    gemm = {d: {n: gemm_rate(d, n, repeats) for n in (256, 1024)} for d in dtypes}
+    gemm = {d: {f"n={n}, start": gemm_rate(d, n, repeats) for n in (256, 1024)} for d in dtypes}
     print("GEMM GFLOP/s:", gemm, flush=True)
     results = {}
     for size in sizes:
@@ -494,6 +496,9 @@ def main(argv=None) -> int:
             print(f"{size} {dtype}: train {r['train_numba']['tps']:.0f} vs {r['train_torch']['tps']:.0f} tok/s, "
                   f"greedy {r['greedy_numba']['tps']:.0f} vs {r['greedy_torch_batched']['tps']:.0f}, "
                   f"beam {r['beam_numba']['tps']:.0f}", flush=True)
+    for d in dtypes:
+        gemm[d].update({f"n={n}, end": gemm_rate(d, n, repeats) for n in (256, 1024)})
+    print("GEMM GFLOP/s:", gemm, flush=True)
     cold_size = sizes[0] if args.quick else "small"
     if args.quick:                     # the project's own Numba cache, warm after the runs above
         compile_, cold = None, run_child("cold", cold_size, dtypes)
