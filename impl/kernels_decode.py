@@ -22,7 +22,10 @@ from .kernels_vocab import greedy_pick, top_log_probs
 @kernel
 def layer0_weights(w):
     """[W_emb | W_feed | W_hh] (4H, E + F + H) of decoder layer 0 (F = H with input feeding,
-    else 0): the three products of layer 0's input in one (``decode_step``)."""
+    else 0): the three products of layer 0's input in one (``decode_step``); (0, 0) on
+    tiles, which keep the three products apart."""
+    if w.tiles:
+        return np.empty((0, 0), w.dec_W_emb.dtype)
     H4, E = w.dec_W_emb.shape
     F, H = w.dec_W_feed.shape[1], w.dec_W_hh.shape[2]
     W = np.empty((H4, E + F + H), w.dec_W_emb.dtype)
@@ -50,12 +53,11 @@ def decode_step(w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
     On tiles (``w.tiles``) the three products stay apart and W0 is not used.
     """
     R = y_prev.shape[0]
-    E = w.emb_tgt.shape[1]
     if w.tiles:
         y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]  # (R, E)
         z0 = mm_nt(True, y_emb, w.dec_W_emb)                          # (R, 4H)
     else:
-        F, H = w.dec_W_feed.shape[1], h_prev.shape[2]
+        E, F, H = w.emb_tgt.shape[1], w.dec_W_feed.shape[1], h_prev.shape[2]
         u = np.empty((R, E + F + H), w.emb_tgt.dtype)
         for r in range(R):
             for j in range(E):
@@ -104,7 +106,7 @@ def greedy_loop(w, keys, keys_proj, src_len, h, c, max_len, bos, eos, pad):
     src_row = np.arange(B)
     gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, B, H, S, dt)
     scratch = np.empty(w.W_out.shape[0], dt)
-    W0 = layer0_weights(w) if not w.tiles else np.empty((0, 0), dt)
+    W0 = layer0_weights(w)
     for t in range(max_len):
         logits = decode_step(w, W0, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
                              gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
@@ -215,7 +217,7 @@ def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize,
     top_x = np.empty(M, dt)
     scratch = np.empty(V, dt)
     order = np.empty(K * M, np.int64)
-    W0 = layer0_weights(w) if not w.tiles else np.empty((0, 0), dt)
+    W0 = layer0_weights(w)
     t_last = 0
     for t in range(max_len):
         t_last = t
