@@ -14,8 +14,8 @@ Decoding now uses the tiles (docs/implementation.md); training does not.
 
 ``transcendentals``: nanoseconds per element of ``kernels_math``'s exp, tanh
 and sigmoid against libm's (``np.exp``/``np.tanh`` compiled by Numba), each in
-a loop over 2,000,000 arguments, and their largest errors in ulps against long
-double (where NumPy's long double is wider than float64; tests/test_impl_kernels.py
+a loop over a row of 4096 arguments (in cache, like a row of logits), and their
+largest errors in ulps over 2,000,000 arguments against long double (where NumPy's long double is wider than float64; tests/test_impl_kernels.py
 measures them against mpmath). Each experiment prints what it measured.
 """
 
@@ -130,39 +130,47 @@ def threads(dtypes, repeats, steps=50, B=16, H=512):
 # -- transcendentals: kernels_math against libm ---------------------------------------------
 
 @njit(cache=True, error_model="numpy")
-def map_ours(kind, x, out):
-    """out = exp (kind 0), tanh (1) or sigmoid (2) of x, by kernels_math."""
-    if kind == 0:
-        for i in range(x.shape[0]):
-            out[i] = exp_(x[i])
-    elif kind == 1:
-        for i in range(x.shape[0]):
-            out[i] = tanh_(x[i])
-    else:
-        for i in range(x.shape[0]):
-            out[i] = sigmoid_(x[i])
+def map_ours(kind, x, out, reps):
+    """out = exp (kind 0), tanh (1) or sigmoid (2) of x, by kernels_math, ``reps`` times."""
+    for _ in range(reps):
+        if kind == 0:
+            for i in range(x.shape[0]):
+                out[i] = exp_(x[i])
+        elif kind == 1:
+            for i in range(x.shape[0]):
+                out[i] = tanh_(x[i])
+        else:
+            for i in range(x.shape[0]):
+                out[i] = sigmoid_(x[i])
 
 
 @njit(cache=True, error_model="numpy")
-def map_libm(kind, x, out):
+def map_libm(kind, x, out, reps):
     """The same through libm: np.exp and np.tanh compiled by Numba."""
     one = x.dtype.type(1)
-    if kind == 0:
-        for i in range(x.shape[0]):
-            out[i] = np.exp(x[i])
-    elif kind == 1:
-        for i in range(x.shape[0]):
-            out[i] = np.tanh(x[i])
-    else:
-        for i in range(x.shape[0]):
-            out[i] = one / (one + np.exp(-x[i]))
+    for _ in range(reps):
+        if kind == 0:
+            for i in range(x.shape[0]):
+                out[i] = np.exp(x[i])
+        elif kind == 1:
+            for i in range(x.shape[0]):
+                out[i] = np.tanh(x[i])
+        else:
+            for i in range(x.shape[0]):
+                out[i] = one / (one + np.exp(-x[i]))
+
+
+# Timed on rows of this length, 500 times over: in cache, as the kernels meet a row of
+# logits or of gates (2M arguments out of cache measured memory traffic, not the functions)
+ROW = 4096
 
 
 def transcendentals(dtypes, repeats):
     rng = np.random.default_rng(0)
     x64 = np.concatenate([rng.uniform(-20.0, 20.0, 1_000_000), rng.uniform(-1.0, 1.0, 1_000_000)])
     wide = np.finfo(np.longdouble).nmant > 52
-    print(f"{x64.size:,} arguments in [-20, 20] and [-1, 1]; ns per element; max ulps against long double"
+    print(f"ns per element over rows of {ROW} arguments (in cache); max ulps over {x64.size:,} arguments "
+          "in [-20, 20] and [-1, 1] against long double"
           + ("" if wide else " (not measured: long double is float64 here)") + "\n")
     print("| dtype | function | libm (ns) | kernels_math (ns) | libm / kernels_math | max ulps libm "
           "| max ulps kernels_math |")
@@ -175,8 +183,11 @@ def transcendentals(dtypes, repeats):
             exact = {"exp": np.exp(xl), "tanh": np.tanh(xl), "sigmoid": 1 / (1 + np.exp(-xl))}
         for k, fn in enumerate(("exp", "tanh", "sigmoid")):
             outs = {name: np.empty_like(x) for name in ("libm", "ours")}
-            ns = {name: median_ms(lambda f=f, o=outs[name]: f(k, x, o), repeats) * 1e6 / x.size
+            row, reps = np.ascontiguousarray(x[::x.size // ROW][:ROW]), x.size // ROW
+            ns = {name: median_ms(lambda f=f, o=outs[name][:ROW]: f(k, row, o, reps), repeats) * 1e6 / (ROW * reps)
                   for name, f in (("libm", map_libm), ("ours", map_ours))}
+            for name, f in (("libm", map_libm), ("ours", map_ours)):
+                f(k, x, outs[name], 1)
             ulps = {}
             for name in ("libm", "ours"):
                 got = outs[name]

@@ -5,7 +5,9 @@ per element and a loop around them is never vectorised; glibc's ``tanh`` costs
 about 28 ns, and the LSTM cells, h~ = tanh(...) and the softmax over the
 vocabulary spend most of the small training step in them. The functions here
 are written without calls or branches (branches as selects), so that a loop
-over them is vectorised:
+over them is vectorised, and their polynomials in fused multiply-adds
+(``fma_``: IEEE's fusedMultiplyAdd, one rounding, so the bits are the same on
+a CPU without FMA instructions, where LLVM calls libm's ``fma``; only slower):
 
 - ``exp``: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2 / 2, then
   e^r by a polynomial (Cephes' minimax in float32, Taylor to degree 13 in
@@ -15,7 +17,7 @@ over them is vectorised:
 - ``sigmoid`` = 1 / (1 + e^{-x}).
 
 Their errors against the correctly rounded result are measured in
-tests/test_impl_kernels.py (at most 2.15 ulp in float32 and 2.33 in float64,
+tests/test_impl_kernels.py (at most 2.15 ulp in float32 and 1.79 in float64,
 both for the sigmoid). float64 results therefore differ from libm's in the
 last bit or two of some entries, far below the tolerances that tie the
 implementation to the oracle (docs/implementation.md, "Transcendentals").
@@ -28,9 +30,12 @@ disabled, so both modes run the same formulas.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -49,7 +54,7 @@ _ONE32 = np.float32(1.0)
 _TWO32 = np.float32(2.0)
 
 
-# -- bit patterns -----------------------------------------------------------------------
+# -- bit patterns and the fused multiply-add ---------------------------------------------
 # One function per width: Numba computes ``int32 + int32`` in int64, so the width of
 # the result cannot follow the argument's type.
 
@@ -63,17 +68,88 @@ def float64_from_bits(bits):
     return np.int64(bits).view(np.float64)
 
 
-def _bitcast_intrinsic(int_t, float_t):
+def float64_bits(x):
+    """The IEEE-754 bit pattern of the float64 ``x``, as an int64."""
+    return np.float64(x).view(np.int64)
+
+
+def fma_(a, b, c):
+    """a * b + c rounded once (IEEE 754 fusedMultiplyAdd), in the dtype of ``a``.
+
+    Compiled, one ``llvm.fma`` instruction. As Python (NUMBA_DISABLE_JIT) the exact
+    value is formed in rationals and rounded to nearest, ties to even, so that both
+    modes give the same bits.
+
+    >>> float(fma_(np.float64(0.1), np.float64(10.0), np.float64(-1.0)))   # 0.1 * 10 - 1 before rounding
+    5.551115123125783e-17
+    """
+    dt = np.float32 if isinstance(a, np.float32) else np.float64
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
+        return dt(dt(a) * dt(b) + dt(c))          # inf or NaN: no rounding to get right
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    try:
+        near = dt(float(exact))                   # float64: correctly rounded
+    except OverflowError:
+        return dt(math.copysign(math.inf, exact))
+    if dt is np.float64 or not math.isfinite(near):
+        return near
+    # float32: float() rounded once already, so near may be an ulp off (double rounding)
+    cands = [v for v in (np.nextafter(near, dt(-math.inf)), near, np.nextafter(near, dt(math.inf)))
+             if math.isfinite(v)]
+    return min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), int(v.view(np.int32)) & 1))
+
+
+def maximum_(a, b):
+    """The larger of a and b, NaN if either is NaN, +0 over -0 (IEEE 754-2019 maximum).
+
+    Exact and order-free, so a loop that folds it over a row is vectorised by LLVM
+    (``llvm.maximum``), where ``m = x if x > m else m`` is not: that fold depends on
+    the order in which it meets NaNs and signed zeros.
+
+    >>> float(maximum_(np.float64(-0.0), np.float64(0.0))), bool(np.isnan(maximum_(np.float64(1.0), np.float64("nan"))))
+    (0.0, True)
+    """
+    if a != a or b != b:
+        return a + b                              # NaN, in the arguments' dtype
+    if a == b:
+        return b if math.copysign(1.0, a) < 0 else a
+    return a if a > b else b
+
+
+def _bitcast_intrinsic(from_t, to_t):
     @intrinsic
-    def bitcast(typingctx, bits):
+    def bitcast(typingctx, x):
         def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(float_t))
-        return float_t(int_t), codegen
+            return builder.bitcast(args[0], context.get_value_type(to_t))
+        return to_t(from_t), codegen
     return bitcast
 
 
 _bitcast32 = _bitcast_intrinsic(types.int32, types.float32)
 _bitcast64 = _bitcast_intrinsic(types.int64, types.float64)
+_bits64 = _bitcast_intrinsic(types.float64, types.int64)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def _maximum(typingctx, a, b):
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = llvm_ir.FunctionType(args[0].type, [args[0].type, args[1].type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.maximum.f{a.bitwidth}")
+        return builder.call(fn, args)
+    return a(a, b), codegen
 
 
 @overload(float32_from_bits)
@@ -86,6 +162,21 @@ def _float64_from_bits_jit(bits):
     return lambda bits: _bitcast64(bits)
 
 
+@overload(float64_bits)
+def _float64_bits_jit(x):
+    return lambda x: _bits64(x)
+
+
+@overload(fma_)
+def _fma_jit(a, b, c):
+    return lambda a, b, c: _fma(a, b, c)
+
+
+@overload(maximum_)
+def _maximum_jit(a, b):
+    return lambda a, b: _maximum(a, b)
+
+
 # -- float32 -----------------------------------------------------------------------------
 
 @njit(cache=True, error_model="numpy")
@@ -93,9 +184,10 @@ def expf(x):
     """exp(x) for a float32 x; NaN stays NaN, overflow gives inf, underflow gives 0.
 
     x = n ln2 + r with n = round(x / ln2), |r| <= ln2 / 2; e^x = 2^n e^r, e^r by a
-    degree-7 polynomial, and 2^n as two factors 2^(n//2) 2^(n - n//2) written straight
-    into exponent bits (two factors, so that n from -150 to 128 is representable:
-    overflow and the subnormal results below e^-87.3 come out right).
+    degree-7 polynomial in fused multiply-adds (Horner), and 2^n as two factors
+    2^(n//2) 2^(n - n//2) written straight into exponent bits (two factors, so that n
+    from -150 to 128 is representable: overflow and the subnormal results below
+    e^-87.3 come out right).
     """
     if x < _X_MIN:
         x = _X_MIN
@@ -104,9 +196,10 @@ def expf(x):
         n = np.float32(-150.0)
     if n > np.float32(128.0):
         n = np.float32(128.0)
-    r = x - n * _LN2_HI - n * _LN2_LO
-    p = ((((_EXP_P[0] * r + _EXP_P[1]) * r + _EXP_P[2]) * r + _EXP_P[3]) * r + _EXP_P[4]) * r + _EXP_P[5]
-    p = p * r * r + r + _ONE32            # NaN x gives NaN r and NaN p
+    r = fma_(-n, _LN2_LO, fma_(-n, _LN2_HI, x))
+    P = _EXP_P
+    p = fma_(fma_(fma_(fma_(fma_(P[0], r, P[1]), r, P[2]), r, P[3]), r, P[4]), r, P[5])
+    p = fma_(p, r * r, r) + _ONE32        # NaN x gives NaN r and NaN p
     k = np.int32(n)
     k1 = k >> np.int32(1)
     e = (p * float32_from_bits((k1 + np.int32(127)) << np.int32(23))) \
@@ -119,7 +212,8 @@ def tanhf(x):
     """tanh(x) for a float32 x: an odd polynomial near 0, 1 - 2 / (e^{2|x|} + 1) beyond."""
     a = abs(x)
     z = x * x
-    small = ((((_TANH_P[0] * z + _TANH_P[1]) * z + _TANH_P[2]) * z + _TANH_P[3]) * z + _TANH_P[4]) * z * x + x
+    P = _TANH_P
+    small = fma_(fma_(fma_(fma_(fma_(P[0], z, P[1]), z, P[2]), z, P[3]), z, P[4]) * z, x, x)
     big = _ONE32 - _TWO32 / (expf(_TWO32 * a) + _ONE32)       # e^{2|x|} = inf gives exactly 1
     big = big if x >= 0 else -big
     return small if a < np.float32(0.625) else big
@@ -138,6 +232,10 @@ def sigmoidf(x):
 _LN2_HI_D = 6.93147180369123816490e-01
 _LN2_LO_D = 1.90821492927058770002e-10
 _INV_FACT = tuple(1.0 / math.factorial(k) for k in range(14))
+# An integer-valued float64 |m| < 2^51 plus 1.5 * 2^52 has the bits of the sum's own bits
+# plus m: subtracting those bits reads m as an int64
+_SHIFTER_D = 6755399441055744.0
+_SHIFTER_D_BITS = 0x4338000000000000
 # tanh(x) = x + x^3 P(x^2) / Q(x^2) on |x| <= 0.625 (Cephes tanh; Q's leading 1 implicit)
 _TANH_P_D = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
 _TANH_Q_D = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
@@ -148,24 +246,33 @@ def expd(x):
     """exp(x) for a float64 x; NaN stays NaN, overflow gives inf, underflow gives 0.
 
     As ``expf``: x = n ln2 + r, |r| <= ln2 / 2; e^r by its Taylor series to degree
-    13 (truncation error below 0.03 ulp), 2^n as two exponent-bit factors so that
-    n from -1076 to 1024 is representable (subnormal and overflowing results).
+    13 (truncation error below 0.03 ulp) in Estrin's scheme, whose dependency chain
+    is half Horner's (this loop is bound by latency, not by the number of operations);
+    2^n as two exponent-bit factors so that n from -1076 to 1024 is representable
+    (subnormal and overflowing results). The integer parts of n are read from the
+    bits of n + 1.5 * 2^52 rather than converted: 4-lane vectors have no
+    float64-to-int64 conversion below AVX-512, and LLVM would do it lane by lane.
     """
     if x < -746.0:
         x = -746.0
     n = np.floor(x * 1.4426950408889634 + 0.5)
-    if not n >= -1076.0:                  # also NaN -> -1076: the int conversion below stays defined
+    if not n >= -1076.0:                  # also NaN -> -1076: the integer parts below stay defined
         n = -1076.0
     if n > 1024.0:
         n = 1024.0
-    r = x - n * _LN2_HI_D - n * _LN2_LO_D
+    r = fma_(-n, _LN2_LO_D, fma_(-n, _LN2_HI_D, x))
     c = _INV_FACT
-    p = ((((((((((c[13] * r + c[12]) * r + c[11]) * r + c[10]) * r + c[9]) * r + c[8]) * r + c[7]) * r
-             + c[6]) * r + c[5]) * r + c[4]) * r + c[3]) * r + c[2]
-    p = p * r * r + r + 1.0               # NaN x gives NaN r and NaN p
-    k = np.int64(n)
-    k1 = k >> 1
-    e = (p * float64_from_bits((k1 + 1023) << 52)) * float64_from_bits((k - k1 + 1023) << 52)
+    r2 = r * r
+    r4 = r2 * r2
+    s0 = fma_(fma_(c[5], r, c[4]), r2, fma_(c[3], r, c[2]))          # c2 + ... + c5 r^3
+    s1 = fma_(fma_(c[9], r, c[8]), r2, fma_(c[7], r, c[6]))          # c6 + ... + c9 r^3
+    s2 = fma_(fma_(c[13], r, c[12]), r2, fma_(c[11], r, c[10]))      # c10 + ... + c13 r^3
+    p = fma_(fma_(s2, r4, s1), r4, s0)
+    p = fma_(p, r2, r) + 1.0              # NaN x gives NaN r and NaN p
+    n1 = np.floor(n * 0.5)
+    k1 = float64_bits(n1 + _SHIFTER_D) - _SHIFTER_D_BITS                # the int64 n1, exactly
+    k2 = float64_bits((n - n1) + _SHIFTER_D) - _SHIFTER_D_BITS
+    e = (p * float64_from_bits((k1 + 1023) << 52)) * float64_from_bits((k2 + 1023) << 52)
     return np.inf if x > 709.782712893384 else e
 
 
@@ -173,7 +280,7 @@ def _tanhd(x):
     a = abs(x)
     z = x * x
     P, Q = _TANH_P_D, _TANH_Q_D
-    small = x + x * z * (((P[0] * z + P[1]) * z + P[2]) / (((z + Q[0]) * z + Q[1]) * z + Q[2]))
+    small = fma_(x * z, fma_(fma_(P[0], z, P[1]), z, P[2]) / fma_(fma_(z + Q[0], z, Q[1]), z, Q[2]), x)
     big = np.copysign(1.0 - 2.0 / (expd(2.0 * a) + 1.0), x)  # e^{2|x|} = inf gives exactly 1
     if a <= 0.625:
         return np.copysign(small, x)      # tanh(-0) = -0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels_math import exp_
+from .kernels_math import exp_, maximum_
 from .kernels_util import kernel
 
 
@@ -33,17 +33,19 @@ def exp_shifted_sum(x, m):
     V = x.shape[0]
     for v in range(V):                    # vectorised: no reduction in this loop
         x[v] = exp_(x[v] - m)
-    # 16 interleaved partial sums: a float reduction in one accumulator cannot be
-    # vectorised (no reassociation without fastmath); the order is fixed, so
-    # results stay deterministic.
-    acc = np.zeros(16, x.dtype)
+    # 16 interleaved partial sums, then added in order: a float reduction in one
+    # accumulator cannot be vectorised (no reassociation without fastmath), and the
+    # order is fixed, so results stay deterministic. Scalars, not a (16,) array: LLVM
+    # keeps them in two or four vector registers, where an array's loads and stores
+    # stay in memory (it cannot tell them from x's).
     V16 = V - V % 16
-    for v0 in range(0, V16, 16):
-        for j in range(16):
-            acc[j] += x[v0 + j]
-    total = acc[0]
-    for j in range(1, 16):
-        total += acc[j]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = x.dtype.type(0)
+    for v in range(0, V16, 16):
+        s0 += x[v]; s1 += x[v + 1]; s2 += x[v + 2]; s3 += x[v + 3]              # noqa: E702
+        s4 += x[v + 4]; s5 += x[v + 5]; s6 += x[v + 6]; s7 += x[v + 7]          # noqa: E702
+        s8 += x[v + 8]; s9 += x[v + 9]; s10 += x[v + 10]; s11 += x[v + 11]      # noqa: E702
+        s12 += x[v + 12]; s13 += x[v + 13]; s14 += x[v + 14]; s15 += x[v + 15]  # noqa: E702
+    total = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7 + s8 + s9 + s10 + s11 + s12 + s13 + s14 + s15
     for v in range(V16, V):
         total += x[v]
     return total
@@ -53,29 +55,12 @@ def exp_shifted_sum(x, m):
 
 @kernel
 def add_bias_max(x, bias):
-    """x += bias in place for a row x (V,); returns max_v x_v (a NaN is skipped; it
-    still reaches every result through exp(NaN - m))."""
-    V = x.shape[0]
-    # 16 interleaved running maxima, so that the loop vectorises (max is exact:
-    # the order does not matter)
-    acc = np.empty(16, x.dtype)
-    for j in range(16):
-        acc[j] = x[0] + bias[0]
-    V16 = V - V % 16
-    for v0 in range(0, V16, 16):
-        for j in range(16):
-            xv = x[v0 + j] + bias[v0 + j]
-            x[v0 + j] = xv
-            if xv > acc[j]:
-                acc[j] = xv
-    m = acc[0]
-    for j in range(1, 16):
-        if acc[j] > m:
-            m = acc[j]
-    for v in range(V16, V):
-        x[v] += bias[v]
-        if x[v] > m:
-            m = x[v]
+    """x += bias in place for a row x (V,); returns max_v x_v, NaN if some x_v is NaN."""
+    m = x[0] + bias[0]
+    for v in range(x.shape[0]):           # vectorised: ``maximum_`` is exact in any order
+        xv = x[v] + bias[v]
+        x[v] = xv
+        m = maximum_(m, xv)
     return m
 
 

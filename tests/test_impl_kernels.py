@@ -12,7 +12,7 @@ import numba
 import numpy as np
 import pytest
 
-from attnspec.impl.kernels_math import exp_, expf, sigmoid_, tanh_, tanhf
+from attnspec.impl.kernels_math import exp_, expf, fma_, maximum_, sigmoid_, tanh_, tanhf
 from attnspec.impl.kernels_util import kernel
 from attnspec.impl.kernels_vocab import (add_bias_max, exp_shifted_sum, greedy_pick, log_softmax_grad_rows,
                                          log_softmax_rows, top_log_probs)
@@ -59,7 +59,7 @@ SWEEP = np.concatenate([np.linspace(-90, 90, 400_001), np.geomspace(1e-8, 1.0, 2
 # about 1 ulp (Cephes), and their last multiply or division rounds once more: 2. sigmoid
 # = 1 / (1 + expf(-x)) carries expf's error (damped by e/(1+e) <= 1) plus the roundings of
 # the sum and of the division, each half an ulp, which in ulps of a result near the bottom
-# of its binade count up to twice: 3. (Measured over SWEEP: 0.99, 1.25, 2.15.)
+# of its binade count up to twice: 3. (Measured over SWEEP: 0.99, 1.17, 2.15.)
 ULP_BOUND = {"exp": 2.0, "tanh": 2.0, "sigmoid": 3.0}
 
 
@@ -124,7 +124,7 @@ SWEEP64 = np.concatenate([
 # x - n ln2 in two parts adds a few hundredths: 1.5. tanh near 0 is x plus a small rational
 # correction, the last addition rounds once: about 1; beyond 0.625 it carries exp's error
 # (damped) and three roundings: 2. sigmoid = 1 / (1 + e^{-x}) as in float32: 3.
-# (Measured over SWEEP64: 0.95, 1.32, 2.33; libm's own tanh reaches 2.1 ulp, its exp 0.51.)
+# (Measured over SWEEP64: 0.94, 1.21, 1.79; libm's own tanh reaches 2.1 ulp, its exp 0.51.)
 ULP_BOUND64 = {"exp": 1.5, "tanh": 2.0, "sigmoid": 3.0}
 
 
@@ -182,6 +182,68 @@ def test_pure_python_fallback_runs_the_same_formulas():
     assert isinstance(exp_(np.float64(1.0)), float)
     assert getattr(expf, "py_func", expf)(F32(0.0)) == 1
     assert getattr(tanhf, "py_func", tanhf)(F32(0.0)) == 0
+
+
+# -- fused multiply-add and maximum ----------------------------------------------------------
+
+@kernel
+def _map_fma(a, b, c, out):
+    for i in range(a.shape[0]):
+        out[i] = fma_(a[i], b[i], c[i])
+
+
+@kernel
+def _map_maximum(a, b, out):
+    for i in range(a.shape[0]):
+        out[i] = maximum_(a[i], b[i])
+
+
+def _rounded_once(a, b, c, dtype):
+    """a * b + c exactly, rounded to nearest (ties to even) at dtype's precision by mpmath."""
+    with mp.workprec(np.finfo(dtype).nmant + 1):
+        return [float(mp.fadd(mp.fmul(float(x), float(y), exact=True), float(z))) for x, y, z in zip(a, b, c)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fma_rounds_once_compiled_and_in_python(dtype):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal(500).astype(dtype)
+    b = rng.standard_normal(500).astype(dtype)
+    # c = -fl(a b): a fused result is the product's rounding error, an unfused one is 0
+    c = -(a * b)
+    c[::3] = rng.standard_normal(c[::3].size).astype(dtype) * np.dtype(dtype).type(1e-3)
+    expected = np.array(_rounded_once(a, b, c, dtype), dtype)
+    compiled = np.empty_like(a)
+    _map_fma(a, b, c, compiled)
+    python = np.array([fma_(x, y, z) for x, y, z in zip(a, b, c)], dtype)
+    np.testing.assert_array_equal(compiled, expected)
+    np.testing.assert_array_equal(python, expected)
+    assert np.count_nonzero(expected != a * b + c) > 100         # the test rejects a * b + c
+
+
+def test_maximum_propagates_nan_and_orders_signed_zeros():
+    nan, inf = np.nan, np.inf
+    a = np.array([1.0, -2.0, nan, 3.0, -0.0, 0.0, -0.0, -inf, 5.0, nan])
+    b = np.array([2.0, -3.0, 1.0, nan, 0.0, -0.0, -0.0, -7.0, inf, nan])
+    expected = np.array([2.0, -2.0, nan, nan, 0.0, 0.0, -0.0, -7.0, inf, nan])
+    for dtype in (F32, np.float64):
+        x, y = a.astype(dtype), b.astype(dtype)
+        compiled = np.empty_like(x)
+        _map_maximum(x, y, compiled)
+        python = np.array([maximum_(u, v) for u, v in zip(x, y)], dtype)
+        for got in (compiled, python):
+            np.testing.assert_array_equal(got, expected.astype(dtype))
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+    # the fold ``x if x > m else m`` it replaced would return 1.0 and 3.0 for the NaN pairs
+    assert not np.isnan(np.where(a[2:4] > b[2:4], a[2:4], b[2:4])).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_nan_logit_makes_the_row_maximum_nan(dtype):
+    for where in (0, 5, 16, 33):                                     # first, inside, block edges, tail
+        x = np.linspace(-1, 1, 37).astype(dtype)
+        x[where] = np.nan
+        assert np.isnan(add_bias_max(x, np.zeros(37, dtype)))
 
 
 # -- vocabulary rows ------------------------------------------------------------------------
