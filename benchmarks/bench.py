@@ -323,7 +323,13 @@ def machine(blas_info) -> list[str]:
         load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "n/a"
-    return [f"- CPU: {cpu}, {os.cpu_count()} logical cores; load average (1/5/15 min) at the start: {load}",
+    # the same "AMD EPYC" name has come with and without AVX-512 on this VM: LLVM's view
+    # of the CPU decides the vector width of every kernel, so it goes into the report
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features()
+    avx = "AVX-512" if features.get("avx512f") else "AVX2" if features.get("avx2") else "no AVX2"
+    return [f"- CPU: {cpu}, {os.cpu_count()} logical cores (LLVM: {llvm.get_host_cpu_name()}, {avx}); "
+            f"load average (1/5/15 min) at the start: {load}",
             f"- Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
             f"Numba {numba.__version__}, PyTorch {torch.__version__}",
             f"- threads: torch.get_num_threads() = {torch.get_num_threads()}; BLAS: {blas}"]

@@ -151,23 +151,60 @@ def top_log_probs(x, bias, scratch, top, top_lp, top_x):
     """The M = len(top) best tokens of log_softmax(x + bias) for a row of logits x (V,), V >= M.
 
     Writes their ids into top and their log-probabilities into top_lp, best
-    first, lowest id on ties, in one pass with a sorted insertion list (M << V);
-    top_x (M,) is scratch for their logits. x is modified in place.
+    first, lowest id on ties, with a sorted insertion list (M << V); top_x (M,)
+    is scratch for their logits. x is modified in place.
+
+    The scan in id order inserts a token only if its logit beats the M-th
+    listed logit (log p is monotone in x), which is exact: a later id loses
+    ties. Random logits still insert about M ln(V / M) times, each a few
+    mispredicted branches, so a floor comes first: the M-th largest of the
+    maxima of blocks of 16 logits (M tokens reach it, so the M-th best logit
+    does too), lowered by a margin wider than any pair of logits whose log p
+    can round to equal. Blocks whose maximum is below both are skipped whole.
     """
     M = top.shape[0]
+    V = x.shape[0]
     m = add_bias_max(x, bias)
     lse = log_sum_exp_shifted(x, m, scratch)
+    n_blocks = (V + 15) // 16
+    for i in range(n_blocks):                                         # scratch[i] = block i's maximum
+        b_max = x[16 * i]
+        for v in range(16 * i + 1, min(16 * i + 16, V)):
+            b_max = maximum_(b_max, x[v])
+        scratch[i] = b_max
+    floor = -np.inf
+    if n_blocks >= M:
+        b_max_mth = _mth_largest(scratch, n_blocks, top_x)            # top_x as scratch, filled below
+        floor = b_max_mth - _TIE_MARGIN * (abs(b_max_mth) + abs(m) + abs(lse))
     for v in range(M):                                                # the first M, sorted
         _insert(v, x[v], (x[v] - m) - lse, v, top, top_lp, top_x)
     threshold = top_x[M - 1]
-    for v in range(M, x.shape[0]):
-        # x_v <= the M-th logit implies log p_v <= its log p (monotone): skip at the
-        # cost of one compare, the common case; else the exact test on log p decides.
-        if x[v] > threshold:
-            lp = (x[v] - m) - lse
-            if lp > top_lp[M - 1]:                                    # strict: earlier ids win ties
-                _insert(v, x[v], lp, M - 1, top, top_lp, top_x)
-                threshold = top_x[M - 1]
+    for i in range(n_blocks):
+        if scratch[i] <= threshold or scratch[i] < floor:
+            continue
+        for v in range(max(16 * i, M), min(16 * i + 16, V)):
+            # x_v <= the M-th logit implies log p_v <= its log p (monotone): skip at the
+            # cost of one compare, the common case; else the exact test on log p decides.
+            if x[v] > threshold and x[v] >= floor:
+                lp = (x[v] - m) - lse
+                if lp > top_lp[M - 1]:                                # strict: earlier ids win ties
+                    _insert(v, x[v], lp, M - 1, top, top_lp, top_x)
+                    threshold = top_x[M - 1]
+
+
+@kernel
+def _mth_largest(vals, n, buf):
+    """The M-th largest of vals[:n] (M = len(buf) <= n), by a sorted list in buf."""
+    M = buf.shape[0]
+    for i in range(n):
+        if i >= M and not vals[i] > buf[M - 1]:
+            continue
+        j = min(i, M - 1)
+        while j > 0 and vals[i] > buf[j - 1]:
+            buf[j] = buf[j - 1]
+            j -= 1
+        buf[j] = vals[i]
+    return buf[M - 1]
 
 
 @kernel

@@ -343,6 +343,41 @@ def test_top_log_probs_is_a_stable_sort(dtype):
         np.testing.assert_array_equal(top_lp, lp[order])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_top_log_probs_keeps_near_ties_below_the_block_floor(dtype):
+    """Logits a few ulps apart round to the same log-probability, and then the lower id
+    ranks first even with the smaller logit: the floor from the blocks' maxima must not
+    drop it (its margin), nor skip a block holding it."""
+    rng = np.random.default_rng(7)
+    found = 0
+    for _ in range(300):
+        V, M = int(rng.integers(48, 400)), int(rng.integers(1, 9))
+        m = np.dtype(dtype).type(rng.uniform(-3, 3))
+        x = (m - rng.integers(0, 4, V) * np.spacing(np.abs(m))).astype(dtype)
+        x[rng.random(V) < 0.8] -= 5                                           # most clearly smaller
+        bias = np.zeros(V, dtype)
+        lp = x.copy()
+        log_softmax_rows(lp.reshape(1, V), bias)
+        top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
+        top_log_probs(x.copy(), bias, np.empty(V, dtype), top, top_lp, np.empty(M, dtype))
+        order = np.argsort(-lp, kind="stable")[:M]
+        np.testing.assert_array_equal(top, order)
+        np.testing.assert_array_equal(top_lp, lp[order])
+        found += not np.array_equal(order, np.argsort(-x, kind="stable")[:M])
+    assert found > 0          # the case this test is about did occur
+
+
+def test_top_log_probs_when_one_logit_holds_all_the_mass():
+    """m = 0 and lse = 0 (every other exp underflows): the floor has no margin then, and a
+    token at the floor must still be found behind the first M, which are far below it."""
+    for dtype in ("float32", "float64"):
+        x = np.full(64, -1e4, dtype)
+        x[40] = 0.0
+        top, top_lp = np.empty(1, np.int64), np.empty(1, dtype)
+        top_log_probs(x, np.zeros(64, dtype), np.empty(64, dtype), top, top_lp, np.empty(1, dtype))
+        assert top[0] == 40 and top_lp[0] == 0.0
+
+
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT: nothing is compiled")
 def test_jitted_kernels_are_numba_dispatchers():
     """Guard against a kernel losing its decorator (it would run, slowly, as Python)."""
