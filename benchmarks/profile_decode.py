@@ -10,6 +10,12 @@ attention and every product of the step), the generator product alone, and
 ``greedy_pick`` over the B rows of one step's logits, driven from compiled code
 so that no Python call is counted per row. Medians over ``--repeats`` calls on 2
 threads. The per-step figure is (whole - fixed) / (T - 1).
+
+A second table takes one decoding step apart for R = B rows (greedy) and R =
+B * 5 (beam): each piece of ``decode_step`` and the vocabulary routine of each
+search over all R rows, each repeated in compiled code (microseconds, best of
+``--repeats`` runs of 20). On BLAS, as at small and medium size; the pieces
+do not add up to ``decode_step`` exactly (embedding, bias, copies).
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (SIZES, make_problem, limit_threads)
+from profile_step import attn_fwd, cells_fwd, enc_rec_gemm, out_layer_fwd  # noqa: E402  (drivers)
 
 from attnspec.impl.decode import _prepare, greedy_decode  # noqa: E402
 from attnspec.impl.kernels_decode import _state, decode_step, layer0_weights  # noqa: E402
 from attnspec.impl.kernels_model import encode  # noqa: E402
-from attnspec.impl.kernels_vocab import greedy_pick  # noqa: E402
+from attnspec.impl.kernels_vocab import greedy_pick, top_log_probs  # noqa: E402
 from attnspec.impl.model import pack_weights  # noqa: E402
 
 
@@ -44,17 +51,91 @@ def generator_product(h_tilde, W_out):
     return h_tilde @ W_out.T
 
 
+# -- pieces of one step, each repeated n times in compiled code ---------------------------
+# (products, the cell, the attention and the output layer: profile_step's drivers;
+# ``enc_rec_gemm(n, A, W)`` is any A @ W^T)
+
+@njit
+def vocabulary(n, logits, b_out, scratch, top, top_lp, top_x, work):
+    """greedy_pick (one best) or top_log_probs (len(top) > 1) on every row of a fresh copy of logits."""
+    for _ in range(n):
+        copy_rows(1, logits, work)
+        for r in range(logits.shape[0]):
+            if top.shape[0] == 1:
+                greedy_pick(work[r], b_out, scratch)
+            else:
+                top_log_probs(work[r], b_out, scratch, top, top_lp, top_x)
+
+
+@njit
+def copy_rows(n, logits, work):
+    for _ in range(n):
+        for r in range(logits.shape[0]):
+            for v in range(logits.shape[1]):
+                work[r, v] = logits[r, v]
+
+
+def best_us(fn, args, repeats, n=20):
+    fn(1, *args)                                          # compilation
+    return min(bench.timed(lambda: fn(n, *args))[0] for _ in range(max(repeats, 1))) / n * 1e6
+
+
+def setup(size: str, dtype: str):
+    """The bench's problem, checked, packed for BLAS and encoded."""
+    config, params, src, src_len, _ = bench.make_problem(size, dtype)
+    T = bench.SIZES[size][1]
+    cfg, p, src_c, len_c, _ = _prepare(params, config, src, src_len, T)
+    w = pack_weights(p, cfg, tiles=False)
+    return (config, params, src, src_len, cfg, p, src_c, len_c, w) + tuple(encode(w, src_c, len_c))
+
+
+def step_pieces(size: str, dtype: str, repeats: int, K: int) -> dict[str, float]:
+    """Microseconds of each piece of one decoding step for R = B * K rows (K = 1: greedy)."""
+    *_, cfg, _, _, len_c, w, enc, h0, c0 = setup(size, dtype)
+    B, _, _, V = bench.SIZES[size]
+    keys, keys_proj = enc[5], enc[6]
+    R, H, S, dt = B * K, cfg.H, keys.shape[1], keys.dtype
+    gates, c, tanh_c, h, a, cat, q_proj, h_tilde = _state(cfg.L, R, H, S, dt)
+    src_row = np.arange(R) // K
+    h_R, c_R = np.repeat(h0, K, axis=1), np.repeat(c0, K, axis=1)
+    W0 = layer0_weights(w)
+    y = np.full(R, cfg.bos_id, np.int64)
+
+    def step(n):
+        for _ in range(n):
+            out = decode_step(w, W0, y, h_tilde, h_R, c_R, keys, keys_proj, src_row, len_c,
+                              gates, c, tanh_c, h, a, cat, q_proj, h_tilde.copy())
+        return out
+
+    logits = step(1)
+    u = np.random.default_rng(0).standard_normal((R, W0.shape[1])).astype(dt)
+    z = enc_rec_gemm(1, u, W0)
+    M = 1 if K == 1 else min(2 * K, V)
+    top, top_lp, top_x = np.empty(M, np.int64), np.empty(M, dt), np.empty(M, dt)
+    work, scratch = np.empty_like(logits), np.empty(V, dt)
+    vocab = "greedy_pick" if K == 1 else f"top_log_probs (M = {M})"
+    return {
+        f"layer-0 product ({R}, {W0.shape[1]}) @ ({W0.shape[1]}, {W0.shape[0]})": best_us(enc_rec_gemm, (u, W0), repeats),
+        f"generator product ({R}, {H}) @ ({H}, {V})": best_us(enc_rec_gemm, (h_tilde, w.W_out), repeats),
+        f"vocabulary: {vocab}, all rows": best_us(vocabulary, (logits, w.b_out, scratch, top, top_lp, top_x, work),
+                                                  repeats) - best_us(copy_rows, (logits, work), repeats),
+        "LSTM cell": best_us(cells_fwd, (z, c_R[0], gates[0], c[0], tanh_c[0], h[0]), repeats),
+        "attention (scores, softmax, context)": best_us(
+            attn_fwd, (h[0].copy(), keys, keys_proj, w.att_W_q, w.att_v, w.denom, src_row, len_c, q_proj, a,
+                       np.empty((R, H), dt)), repeats),
+        "W_c product and tanh": best_us(out_layer_fwd, (cat, w.att_W_c), repeats),
+        "decode_step (all of the above but the vocabulary)": best_us(step, (), repeats),
+    }
+
+
 def med_ms(fn, repeats):
     fn()                                                  # warm-up (and compilation)
     return bench.stats([bench.timed(fn)[0] for _ in range(repeats)])["median"] * 1e3
 
 
 def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
-    config, params, src, src_len, _ = bench.make_problem(size, dtype)
+    config, params, src, src_len, cfg, p, src_c, len_c, w, enc, h0, c0 = setup(size, dtype)
     B, T, _, V = bench.SIZES[size]
-    cfg, p, src_c, len_c, _ = _prepare(params, config, src, src_len, T)
-    w = pack_weights(p, cfg, tiles=False)
-    enc, h0, c0 = encode(w, src_c, len_c)
     keys, keys_proj = enc[5], enc[6]
     state = _state(cfg.L, B, cfg.H, src.shape[1], keys.dtype)
     y = np.full(B, cfg.bos_id, np.int64)
@@ -97,6 +178,16 @@ def main(argv=None) -> int:
         print("| --- |" + " --- |" * len(dtypes))
         for name in results[dtypes[0]]:
             print(f"| {name} | " + " | ".join(f"{results[d][name]:.3f}" for d in dtypes) + " |")
+        cols = [(d, K) for d in dtypes for K in (1, bench.BEAM_K)]
+        pieces = {col: step_pieces(size, col[0], args.repeats, col[1]) for col in cols}
+        B = bench.SIZES[size][0]
+        print(f"\n#### one decoding step taken apart, {size} (best of {args.repeats}, microseconds)\n")
+        print("| piece | " + " | ".join(f"{d}, R = {B * K}" for d, K in cols) + " |")
+        print("| --- |" + " --- |" * len(cols))
+        for i in range(len(pieces[cols[0]])):
+            names = [list(pieces[col])[i] for col in cols]
+            label = names[0] if len(set(names)) == 1 else names[0].split(" (")[0].split(":")[0]
+            print(f"| {label} | " + " | ".join(f"{list(pieces[col].values())[i]:.0f}" for col in cols) + " |")
     return 0
 
 

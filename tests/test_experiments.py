@@ -29,7 +29,8 @@ def test_profile_decode_prints_its_table():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for row in ("| whole decode, max_len = 6 |", "| encoder (encode) |", "| one step: decode_step |",
-                "| one step: greedy_pick over 4 rows |"):
+                "| one step: greedy_pick over 4 rows |", "| piece | float64, R = 4 | float64, R = 20 |",
+                "| vocabulary |", "| LSTM cell |"):
         assert row in proc.stdout, proc.stdout
 
 
