@@ -173,8 +173,11 @@ def top_log_probs(x, bias, scratch, top, top_lp, top_x):
             b_max = maximum_(b_max, x[v])
         scratch[i] = b_max
     floor = -np.inf
-    if n_blocks >= M:
-        b_max_mth = _mth_largest(scratch, n_blocks, top_x)            # top_x as scratch, filled below
+    if n_blocks >= M:                          # the M-th largest block maximum, sorted into top_lp
+        for i in range(n_blocks):              # (top, top_lp, top_x are overwritten below)
+            if i < M or scratch[i] > top_lp[M - 1]:
+                _insert(i, scratch[i], scratch[i], min(i, M - 1), top, top_lp, top_x)
+        b_max_mth = top_lp[M - 1]
         floor = b_max_mth - _TIE_MARGIN * (abs(b_max_mth) + abs(m) + abs(lse))
     for v in range(M):                                                # the first M, sorted
         _insert(v, x[v], (x[v] - m) - lse, v, top, top_lp, top_x)
@@ -190,21 +193,6 @@ def top_log_probs(x, bias, scratch, top, top_lp, top_x):
                 if lp > top_lp[M - 1]:                                # strict: earlier ids win ties
                     _insert(v, x[v], lp, M - 1, top, top_lp, top_x)
                     threshold = top_x[M - 1]
-
-
-@kernel
-def _mth_largest(vals, n, buf):
-    """The M-th largest of vals[:n] (M = len(buf) <= n), by a sorted list in buf."""
-    M = buf.shape[0]
-    for i in range(n):
-        if i >= M and not vals[i] > buf[M - 1]:
-            continue
-        j = min(i, M - 1)
-        while j > 0 and vals[i] > buf[j - 1]:
-            buf[j] = buf[j - 1]
-            j -= 1
-        buf[j] = vals[i]
-    return buf[M - 1]
 
 
 @kernel
