@@ -38,19 +38,6 @@ from attnspec.impl.kernels_vocab import greedy_pick, top_log_probs  # noqa: E402
 from attnspec.impl.model import pack_weights  # noqa: E402
 
 
-@njit
-def pick_rows(logits, b_out, scratch):
-    """greedy_pick on every row of a copy of logits (the pick works in place)."""
-    x = logits.copy()
-    for b in range(x.shape[0]):
-        greedy_pick(x[b], b_out, scratch)
-
-
-@njit
-def generator_product(h_tilde, W_out):
-    return h_tilde @ W_out.T
-
-
 # -- pieces of one step, each repeated n times in compiled code ---------------------------
 # (products, the cell, the attention and the output layer: profile_step's drivers;
 # ``enc_rec_gemm(n, A, W)`` is any A @ W^T)
@@ -146,7 +133,8 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
     def step():
         return decode_step(w, W0, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c, *state)
 
-    logits, scratch = step(), np.empty(V, keys.dtype)
+    logits, scratch, work = step(), np.empty(V, keys.dtype), np.empty((B, V), keys.dtype)
+    best = (np.empty(1, np.int64), np.empty(1, keys.dtype), np.empty(1, keys.dtype))   # one best: greedy_pick
     rows = {
         f"whole decode, max_len = {T}": med_ms(lambda: greedy_decode(params, config, src, src_len, T), repeats),
         "whole decode, max_len = 1": med_ms(lambda: greedy_decode(params, config, src, src_len, 1), repeats),
@@ -155,8 +143,9 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
         "encoder (encode)": med_ms(lambda: encode(w, src_c, len_c), repeats),
         "one step: decode_step": med_ms(step, repeats),
         f"one step: generator product ({B}, {cfg.H}) @ ({cfg.H}, {V})": med_ms(
-            lambda: generator_product(state[7], w.W_out), repeats),
-        f"one step: greedy_pick over {B} rows": med_ms(lambda: pick_rows(logits, w.b_out, scratch), repeats),
+            lambda: enc_rec_gemm(1, state[7], w.W_out), repeats),
+        f"one step: greedy_pick over {B} rows": med_ms(
+            lambda: vocabulary(1, logits, w.b_out, scratch, *best, work), repeats),
     }
     rows["per step after the first: (whole - fixed) / (T - 1)"] = (
         rows[f"whole decode, max_len = {T}"] - rows["whole decode, max_len = 1"]) / (T - 1)
