@@ -15,8 +15,9 @@ Decoding now uses the tiles (docs/implementation.md); training does not.
 ``transcendentals``: nanoseconds per element of ``kernels_math``'s exp, tanh
 and sigmoid against libm's (``np.exp``/``np.tanh`` compiled by Numba), each in
 a loop over a row of 4096 arguments (in cache, like a row of logits), and their
-largest errors in ulps over 2,000,000 arguments against long double (where NumPy's long double is wider than float64; tests/test_impl_kernels.py
-measures them against mpmath). Each experiment prints what it measured.
+largest errors in ulps over 2,000,000 arguments against long double (where
+NumPy's long double is wider than float64; tests/test_impl_kernels.py measures
+them against mpmath). Each experiment prints what it measured.
 """
 
 from __future__ import annotations
@@ -181,9 +182,9 @@ def transcendentals(dtypes, repeats):
         if wide:                          # of the arguments as rounded to dt
             xl = x.astype(np.longdouble)
             exact = {"exp": np.exp(xl), "tanh": np.tanh(xl), "sigmoid": 1 / (1 + np.exp(-xl))}
+        row, reps = np.ascontiguousarray(x[::x.size // ROW][:ROW]), x.size // ROW
         for k, fn in enumerate(("exp", "tanh", "sigmoid")):
             outs = {name: np.empty_like(x) for name in ("libm", "ours")}
-            row, reps = np.ascontiguousarray(x[::x.size // ROW][:ROW]), x.size // ROW
             ns = {name: median_ms(lambda f=f, o=outs[name][:ROW]: f(k, row, o, reps), repeats) * 1e6 / (ROW * reps)
                   for name, f in (("libm", map_libm), ("ours", map_ours))}
             for name, f in (("libm", map_libm), ("ours", map_ours)):
