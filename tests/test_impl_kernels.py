@@ -367,6 +367,25 @@ def test_top_log_probs_keeps_near_ties_below_the_block_floor(dtype):
     assert found > 0          # the case this test is about did occur
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_top_log_probs_finds_the_best_in_the_last_partial_block(dtype):
+    """The block maxima are taken 16 at a time and then over the V % 16 logits left:
+    the best tokens placed there must be found (and the others in order)."""
+    rng = np.random.default_rng(8)
+    for V, M in ((17, 1), (40, 3), (1003, 10), (1009, 10)):
+        x = rng.normal(0, 1, V).astype(dtype)
+        tail = np.arange(V - V % 16, V)
+        x[tail] += 10                                                         # the best ones
+        lp = x.copy()
+        log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
+        top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
+        top_log_probs(x.copy(), np.zeros(V, dtype), np.empty(V, dtype), top, top_lp, np.empty(M, dtype))
+        order = np.argsort(-lp, kind="stable")[:M]
+        assert set(order[:min(M, tail.size)]) <= set(tail)
+        np.testing.assert_array_equal(top, order)
+        np.testing.assert_array_equal(top_lp, lp[order])
+
+
 def test_top_log_probs_when_one_logit_holds_all_the_mass():
     """m = 0 and lse = 0 (every other exp underflows): the floor has no margin then, and a
     token at the floor must still be found behind the first M, which are far below it."""
