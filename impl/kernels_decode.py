@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels_decoder import decoder_step
+from .kernels_decoder import decoder_step, layer0_preactivation
 from .kernels_matmul import mm_nt
 from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, copy1_, copy_, kernel
@@ -55,7 +55,9 @@ def decode_step(w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
     R = y_prev.shape[0]
     if w.tiles:
         y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]  # (R, E)
-        z0 = mm_nt(True, y_emb, w.dec_W_emb)                          # (R, 4H)
+        xw0 = mm_nt(True, y_emb, w.dec_W_emb)                         # (R, 4H)
+        add_bias_(xw0, w.dec_b[0])
+        z0 = layer0_preactivation(w, xw0, h_prev[0], h_tilde_prev)
     else:
         E, F, H = w.emb_tgt.shape[1], w.dec_W_feed.shape[1], h_prev.shape[2]
         u = np.empty((R, E + F + H), w.emb_tgt.dtype)
@@ -67,8 +69,8 @@ def decode_step(w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
             for j in range(H):
                 u[r, E + F + j] = h_prev[0, r, j]
         z0 = u @ W0.T                                                 # (R, 4H)
-    add_bias_(z0, w.dec_b[0])
-    decoder_step(w, z0, not w.tiles, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+        add_bias_(z0, w.dec_b[0])
+    decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde)
     return mm_nt(w.tiles, h_tilde, w.W_out)
 

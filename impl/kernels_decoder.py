@@ -26,26 +26,21 @@ from .kernels_util import add_, add_bias_, column_sum, copy1_, copy_, kernel, sw
 
 
 @kernel
-def decoder_step(w, xw0, z0_whole, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+def decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One decoder step for R rows: writes gates (L, R, 4H), c, tanh_c, h (L, R, H),
     a (R, S), cat = [ctx; h_top] (R, 2H), q_proj (R, H), h_tilde (R, H).
 
-    xw0 (R, 4H) is layer 0's input projection of the embedding, bias included;
-    with ``z0_whole`` it is layer 0's whole pre-activation (decoding computes it
-    in one product: ``kernels_decode.decode_step``).
+    z0 (R, 4H) is layer 0's whole pre-activation, bias included: the caller forms
+    it (``layer0_preactivation`` in training, one product in decoding:
+    ``kernels_decode.decode_step``), so that both compile the same specialisation.
     """
     L = w.dec_W_hh.shape[0]
     H = w.dec_W_hh.shape[2]
     R = h_tilde.shape[0]
     for k in range(L):
-        if k == 0 and z0_whole:
-            z = xw0
-        elif k == 0:
-            z = mm_nt(w.tiles, h_prev[0], w.dec_W_hh[0])              # (R, 4H)
-            add_(z, xw0)
-            if w.feeds:
-                add_(z, mm_nt(w.tiles, h_tilde_prev, w.dec_W_feed))
+        if k == 0:
+            z = z0
         else:
             z = mm_nt(w.tiles, h[k - 1], w.dec_W_ih_up[k - 1])
             add_bias_(z, w.dec_b[k])
@@ -67,6 +62,17 @@ def decoder_step(w, xw0, z0_whole, h_tilde_prev, h_prev, c_prev, keys, keys_proj
     for r in range(R):
         for j in range(H):
             h_tilde[r, j] = tanh_(pre[r, j])
+
+
+@kernel
+def layer0_preactivation(w, xw0, h_prev0, h_tilde_prev):
+    """Layer 0's pre-activation (R, 4H) from the embedding's projection xw0 (R, 4H), bias
+    included: h_prev0 W_hh^T + xw0 (+ h~_prev W_feed^T with input feeding), in this order."""
+    z = mm_nt(w.tiles, h_prev0, w.dec_W_hh[0])
+    add_(z, xw0)
+    if w.feeds:
+        add_(z, mm_nt(w.tiles, h_tilde_prev, w.dec_W_feed))
+    return z
 
 
 def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
@@ -101,7 +107,8 @@ def decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len):
     zero_(h_tilde[0])
     src_row = np.arange(B)
     for t in range(T):
-        decoder_step(w, xw0[t], False, h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
+        z0 = layer0_preactivation(w, xw0[t], h[t, 0], h_tilde[t])
+        decoder_step(w, z0, h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
                      gates[t], c[t + 1], tanh_c[t], h[t + 1], a[t], cat[t], q_proj[t], h_tilde[t + 1])
     return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
 
