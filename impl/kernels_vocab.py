@@ -171,7 +171,7 @@ def top_log_probs(x, bias, scratch, top, top_lp, top_x):
     n_blocks = (V + 15) // 16
     for i in range(V // 16):                                          # scratch[i] = block i's maximum
         b_max = x[16 * i]
-        for j in range(1, 16):            # a constant trip count: LLVM vectorises the block (6x faster)
+        for j in range(1, 16):            # a constant trip count: LLVM vectorises it (2.6-6x faster)
             b_max = maximum_(b_max, x[16 * i + j])
         scratch[i] = b_max
     if V % 16:
