@@ -34,7 +34,7 @@ from profile_step import attn_fwd, cells_fwd, enc_rec_gemm, out_layer_fwd  # noq
 from attnspec.impl.decode import _prepare, greedy_decode  # noqa: E402
 from attnspec.impl.kernels_decode import _state, decode_step, layer0_weights  # noqa: E402
 from attnspec.impl.kernels_model import encode  # noqa: E402
-from attnspec.impl.kernels_vocab import greedy_pick, top_log_probs  # noqa: E402
+from attnspec.impl.kernels_vocab import greedy_pick, n_blocks, top_log_probs  # noqa: E402
 from attnspec.impl.model import pack_weights  # noqa: E402
 
 
@@ -43,7 +43,7 @@ from attnspec.impl.model import pack_weights  # noqa: E402
 # ``enc_rec_gemm(n, A, W)`` is any A @ W^T)
 
 @njit
-def vocabulary(n, logits, b_out, scratch, top, top_lp, top_x, work):
+def vocabulary(n, logits, b_out, scratch, block_max, top, top_lp, top_x, work):
     """greedy_pick (one best) or top_log_probs (len(top) > 1) on every row of a fresh copy of logits."""
     for _ in range(n):
         copy_rows(1, logits, work)
@@ -51,7 +51,7 @@ def vocabulary(n, logits, b_out, scratch, top, top_lp, top_x, work):
             if top.shape[0] == 1:
                 greedy_pick(work[r], b_out, scratch)
             else:
-                top_log_probs(work[r], b_out, scratch, top, top_lp, top_x)
+                top_log_probs(work[r], b_out, scratch, block_max, top, top_lp, top_x)
 
 
 @njit
@@ -103,12 +103,12 @@ def step_pieces(size: str, dtype: str, repeats: int, K: int) -> dict[str, float]
     z = enc_rec_gemm(1, u, W0)
     M = 1 if K == 1 else min(2 * K, V)
     top, top_lp, top_x = np.empty(M, np.int64), np.empty(M, dt), np.empty(M, dt)
-    work, scratch = np.empty_like(logits), np.empty(V, dt)
+    work, scratch, block_max = np.empty_like(logits), np.empty(V, dt), np.empty(n_blocks(V), dt)
     vocab = "greedy_pick" if K == 1 else f"top_log_probs (M = {M})"
     return {
         f"layer-0 product ({R}, {W0.shape[1]}) @ ({W0.shape[1]}, {W0.shape[0]})": best_us(enc_rec_gemm, (u, W0), repeats),
         f"generator product ({R}, {H}) @ ({H}, {V})": best_us(enc_rec_gemm, (h_tilde, w.W_out), repeats),
-        f"vocabulary: {vocab}, all rows": best_us(vocabulary, (logits, w.b_out, scratch, top, top_lp, top_x, work),
+        f"vocabulary: {vocab}, all rows": best_us(vocabulary, (logits, w.b_out, scratch, block_max, top, top_lp, top_x, work),
                                                   repeats) - best_us(copy_rows, (logits, work), repeats),
         "LSTM cell": best_us(cells_fwd, (z, c_R[0], gates[0], c[0], tanh_c[0], h[0]), repeats),
         "attention (scores, softmax, context)": best_us(
@@ -149,7 +149,7 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
         f"one step: generator product ({B}, {cfg.H}) @ ({cfg.H}, {V})": med_ms(
             lambda: enc_rec_gemm(1, state[7], w.W_out), repeats),
         f"one step: greedy_pick over {B} rows": med_ms(
-            lambda: vocabulary(1, logits, w.b_out, scratch, *best, work), repeats),
+            lambda: vocabulary(1, logits, w.b_out, scratch, scratch, *best, work), repeats),
     }
     rows["per step after the first: (whole - fixed) / (T - 1)"] = (
         rows[f"whole decode, max_len = {T}"] - rows["whole decode, max_len = 1"]) / (T - 1)

@@ -15,7 +15,7 @@ import pytest
 from attnspec.impl.kernels_math import exp_, expf, fma_, maximum_, sigmoid_, tanh_, tanhf
 from attnspec.impl.kernels_util import kernel
 from attnspec.impl.kernels_vocab import (add_bias_max, exp_shifted_sum, greedy_pick, log_softmax_grad_rows,
-                                         log_softmax_rows, top_log_probs)
+                                         log_softmax_rows, n_blocks, top_log_probs)
 
 F32 = np.float32
 
@@ -331,13 +331,13 @@ def test_greedy_pick_is_the_first_argmax_of_the_log_probs(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_top_log_probs_is_a_stable_sort(dtype):
     rng = np.random.default_rng(4)
-    for V, M in ((1, 1), (5, 5), (12, 4), (40, 10), (300, 10)):
+    for V, M in ((1, 1), (5, 5), (12, 4), (40, 10), (100, 20), (300, 10), (1000, 40)):
         x = rng.integers(-3, 4, V).astype(dtype)            # many ties: lowest id first
         bias = rng.integers(0, 2, V).astype(dtype)
         lp = x + bias
         log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
         top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), bias, np.empty(V, dtype), top, top_lp, np.empty(M, dtype))
+        top_log_probs(x.copy(), bias, np.empty(V, dtype), np.empty(n_blocks(V), dtype), top, top_lp, np.empty(M, dtype))
         order = np.argsort(-lp, kind="stable")[:M]
         np.testing.assert_array_equal(top, order)
         np.testing.assert_array_equal(top_lp, lp[order])
@@ -359,7 +359,7 @@ def test_top_log_probs_keeps_near_ties_below_the_block_floor(dtype):
         lp = x.copy()
         log_softmax_rows(lp.reshape(1, V), bias)
         top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), bias, np.empty(V, dtype), top, top_lp, np.empty(M, dtype))
+        top_log_probs(x.copy(), bias, np.empty(V, dtype), np.empty(n_blocks(V), dtype), top, top_lp, np.empty(M, dtype))
         order = np.argsort(-lp, kind="stable")[:M]
         np.testing.assert_array_equal(top, order)
         np.testing.assert_array_equal(top_lp, lp[order])
@@ -379,11 +379,25 @@ def test_top_log_probs_finds_the_best_in_the_last_partial_block(dtype):
         lp = x.copy()
         log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
         top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), np.zeros(V, dtype), np.empty(V, dtype), top, top_lp, np.empty(M, dtype))
+        top_log_probs(x.copy(), np.zeros(V, dtype), np.empty(V, dtype), np.empty(n_blocks(V), dtype), top, top_lp,
+                      np.empty(M, dtype))
         order = np.argsort(-lp, kind="stable")[:M]
         assert set(order[:min(M, tail.size)]) <= set(tail)
         np.testing.assert_array_equal(top, order)
         np.testing.assert_array_equal(top_lp, lp[order])
+
+
+@pytest.mark.parametrize("V", [12, 1000])
+def test_top_log_probs_ranks_real_ids_when_a_logit_is_nan(V):
+    """A NaN logit makes the floor NaN: every token must then be ranked, so that top holds
+    M distinct ids in range (beam search embeds them before it reports the NaN)."""
+    x = np.random.default_rng(9).normal(0, 1, V)
+    x[V // 2] = np.nan
+    M = 4
+    top, top_lp = np.full(M, -1, np.int64), np.empty(M)
+    top_log_probs(x, np.zeros(V), np.empty(V), np.empty(n_blocks(V)), top, top_lp, np.empty(M))
+    assert len(set(top.tolist())) == M and all(0 <= v < V for v in top)
+    assert np.isnan(top_lp).all()
 
 
 def test_top_log_probs_when_one_logit_holds_all_the_mass():
@@ -393,7 +407,8 @@ def test_top_log_probs_when_one_logit_holds_all_the_mass():
         x = np.full(64, -1e4, dtype)
         x[40] = 0.0
         top, top_lp = np.empty(1, np.int64), np.empty(1, dtype)
-        top_log_probs(x, np.zeros(64, dtype), np.empty(64, dtype), top, top_lp, np.empty(1, dtype))
+        top_log_probs(x, np.zeros(64, dtype), np.empty(64, dtype), np.empty(n_blocks(64), dtype), top, top_lp,
+                      np.empty(1, dtype))
         assert top[0] == 40 and top_lp[0] == 0.0
 
 
