@@ -163,7 +163,7 @@ def add_bias_block_max(x, bias, block_max):
     Block i holds the logits i, i + nb, i + 2 nb, ... (strided, not contiguous): then the
     maxima are an elementwise fold over the row's chunks of nb logits, which LLVM
     vectorises whole when nb is a multiple of the vector width, as ``n_blocks`` makes it.
-    Contiguous blocks need one horizontal maximum per 16 logits: 0.9 against 0.35 ns
+    Contiguous blocks need one horizontal maximum per 16 logits: 0.8 against 0.4 ns
     per logit with the bias pass included (float32, V = 1000, docs/performance.md).
     """
     V, nb = x.shape[0], block_max.shape[0]

@@ -328,6 +328,14 @@ def test_greedy_pick_is_the_first_argmax_of_the_log_probs(dtype):
         assert v == int(np.argmax(lp)) and log_p == lp[v]
 
 
+def top_of(x, bias, M):
+    """``top_log_probs`` on a copy of x with fresh work space: (top, top_lp), top filled with -1 first."""
+    V, dt = x.shape[0], x.dtype
+    top, top_lp = np.full(M, -1, np.int64), np.empty(M, dt)
+    top_log_probs(x.copy(), bias, np.empty(V, dt), np.empty(n_blocks(V), dt), top, top_lp, np.empty(M, dt))
+    return top, top_lp
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_top_log_probs_is_a_stable_sort(dtype):
     rng = np.random.default_rng(4)
@@ -336,8 +344,7 @@ def test_top_log_probs_is_a_stable_sort(dtype):
         bias = rng.integers(0, 2, V).astype(dtype)
         lp = x + bias
         log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
-        top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), bias, np.empty(V, dtype), np.empty(n_blocks(V), dtype), top, top_lp, np.empty(M, dtype))
+        top, top_lp = top_of(x, bias, M)
         order = np.argsort(-lp, kind="stable")[:M]
         np.testing.assert_array_equal(top, order)
         np.testing.assert_array_equal(top_lp, lp[order])
@@ -358,8 +365,7 @@ def test_top_log_probs_keeps_near_ties_below_the_block_floor(dtype):
         bias = np.zeros(V, dtype)
         lp = x.copy()
         log_softmax_rows(lp.reshape(1, V), bias)
-        top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), bias, np.empty(V, dtype), np.empty(n_blocks(V), dtype), top, top_lp, np.empty(M, dtype))
+        top, top_lp = top_of(x, bias, M)
         order = np.argsort(-lp, kind="stable")[:M]
         np.testing.assert_array_equal(top, order)
         np.testing.assert_array_equal(top_lp, lp[order])
@@ -378,9 +384,7 @@ def test_top_log_probs_finds_the_best_in_the_last_partial_block(dtype):
         x[tail] += 10                                                         # the best ones
         lp = x.copy()
         log_softmax_rows(lp.reshape(1, V), np.zeros(V, dtype))
-        top, top_lp = np.empty(M, np.int64), np.empty(M, dtype)
-        top_log_probs(x.copy(), np.zeros(V, dtype), np.empty(V, dtype), np.empty(n_blocks(V), dtype), top, top_lp,
-                      np.empty(M, dtype))
+        top, top_lp = top_of(x, np.zeros(V, dtype), M)
         order = np.argsort(-lp, kind="stable")[:M]
         assert set(order[:min(M, tail.size)]) <= set(tail)
         np.testing.assert_array_equal(top, order)
@@ -394,21 +398,18 @@ def test_top_log_probs_ranks_real_ids_when_a_logit_is_nan(V):
     x = np.random.default_rng(9).normal(0, 1, V)
     x[V // 2] = np.nan
     M = 4
-    top, top_lp = np.full(M, -1, np.int64), np.empty(M)
-    top_log_probs(x, np.zeros(V), np.empty(V), np.empty(n_blocks(V)), top, top_lp, np.empty(M))
+    top, top_lp = top_of(x, np.zeros(V), M)
     assert len(set(top.tolist())) == M and all(0 <= v < V for v in top)
     assert np.isnan(top_lp).all()
 
 
 def test_top_log_probs_when_one_logit_holds_all_the_mass():
-    """m = 0 and lse = 0 (every other exp underflows): the floor has no margin then, and a
-    token at the floor must still be found behind the first M, which are far below it."""
+    """m = 0 and lse = 0 (every other exp underflows): the floor's margin then scales with
+    the floor alone, and the one token holding the mass must still be found."""
     for dtype in ("float32", "float64"):
         x = np.full(64, -1e4, dtype)
         x[40] = 0.0
-        top, top_lp = np.empty(1, np.int64), np.empty(1, dtype)
-        top_log_probs(x, np.zeros(64, dtype), np.empty(64, dtype), np.empty(n_blocks(64), dtype), top, top_lp,
-                      np.empty(1, dtype))
+        top, top_lp = top_of(x, np.zeros(64, dtype), 1)
         assert top[0] == 40 and top_lp[0] == 0.0
 
 
