@@ -55,7 +55,7 @@ def decode_step(w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
     R = y_prev.shape[0]
     if w.tiles:
         y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]  # (R, E)
-        xw0 = mm_nt(True, y_emb, w.dec_W_emb)                         # (R, 4H)
+        xw0 = mm_nt(w.tiles, y_emb, w.dec_W_emb)                      # (R, 4H)
         add_bias_(xw0, w.dec_b[0])
         z0 = layer0_preactivation(w, xw0, h_prev[0], h_tilde_prev)
     else:

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import numba
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.errors import TypingError
+from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
 
 # Tiles hold 16 dot products in scalar accumulators that LLVM keeps in vector
 # registers; ``reassoc`` lets it vectorise the reductions (each then sums in
@@ -84,14 +86,75 @@ def tiled_nt(A, W, out):
             out[b, j] = _dot(A, b, W, j)
 
 
-@njit(cache=True, error_model="numpy")
-def mm_nt(tiles, A, W):
-    """A (M, K) @ W (N, K)^T: on tiles if ``tiles``, else one BLAS call."""
-    if tiles:
-        out = np.empty((A.shape[0], W.shape[0]), A.dtype)
-        tiled_nt(A, W, out)
-        return out
+class Products:
+    """Where a call's per-step products run: ``ON_TILES`` or ``ON_BLAS`` (``Weights.tiles``).
+
+    True and false in Python; to Numba two different types, so a kernel compiled
+    for one compiles only its path: training and decoding on BLAS never compile the
+    parallel tiles (a fifth of the first calls' compilation: docs/performance.md),
+    and decoding on tiles links no BLAS call it does not make.
+    """
+
+    __slots__ = ("tiles",)
+
+    def __init__(self, tiles: bool):
+        self.tiles = tiles
+
+    def __bool__(self):
+        return self.tiles
+
+    def __repr__(self):
+        return "ON_TILES" if self.tiles else "ON_BLAS"
+
+
+ON_TILES, ON_BLAS = Products(True), Products(False)
+
+
+class ProductsType(types.Dummy):
+    def __init__(self, tiles: bool):
+        self.tiles = tiles
+        super().__init__(repr(Products(tiles)))
+
+
+@typeof_impl.register(Products)
+def _typeof_products(val, c):
+    return ProductsType(val.tiles)
+
+
+register_model(ProductsType)(models.OpaqueModel)
+
+
+@unbox(ProductsType)
+def _unbox_products(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+@overload(bool)
+def _products_bool(x):
+    if isinstance(x, ProductsType):
+        return (lambda x: True) if x.tiles else (lambda x: False)
+
+
+def _on_tiles(tiles, A, W):
+    out = np.empty((A.shape[0], W.shape[0]), A.dtype)
+    tiled_nt(A, W, out)
+    return out
+
+
+def _on_blas(tiles, A, W):
     return A @ W.T
+
+
+def mm_nt(tiles, A, W):
+    """A (M, K) @ W (N, K)^T: on tiles if ``tiles`` (``ON_TILES``), else one BLAS call."""
+    return (_on_tiles if tiles else _on_blas)(tiles, A, W)
+
+
+@overload(mm_nt)
+def _mm_nt_jit(tiles, A, W):
+    if not isinstance(tiles, ProductsType):
+        raise TypingError(f"mm_nt: tiles must be ON_TILES or ON_BLAS, got {tiles}")
+    return _on_tiles if tiles.tiles else _on_blas
 
 
 # Start Numba's threading layer now. It registers the symbols that parallel code

@@ -34,7 +34,8 @@ from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
 Weights = namedtuple("Weights", [
     "mode",         # int, kernels_attention.MODES[score]
-    "tiles",        # bool, recurrent and generator products on tiles (decoding: kernels_matmul.use_tiles)
+    "tiles",        # kernels_matmul.ON_TILES or ON_BLAS: where the per-step products run
+                    # (decoding: kernels_matmul.use_tiles; to Numba, two types)
     "feeds",        # bool, input feeding
     "denom",        # scalar of the dtype: sqrt(H) for scaled_dot, else 1
     "emb_src",      # (V_src, E)

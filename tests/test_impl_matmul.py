@@ -13,7 +13,7 @@ import pytest
 
 import attnspec.impl.decode as decode_api
 from attnspec.impl.decode import beam_search, greedy_decode
-from attnspec.impl.kernels_matmul import mm_nt, one_pool, tiled_nt, use_tiles
+from attnspec.impl.kernels_matmul import ON_BLAS, ON_TILES, mm_nt, one_pool, tiled_nt, use_tiles
 from attnspec.impl.kernels_model import model_forward
 from attnspec.impl.model import init_params, pack_weights
 from attnspec.spec.config import Config
@@ -92,10 +92,35 @@ def test_nan_and_inf_propagate_through_the_tiles():
     assert np.isnan(out[1]).all() and np.isposinf(out[6]).all() and np.isfinite(np.delete(out, [1, 6], 0)).all()
 
 
-@pytest.mark.parametrize("tiles", [False, True])
+@pytest.mark.parametrize("tiles", [ON_BLAS, ON_TILES])
 def test_mm_nt_on_both_paths(tiles):
     A, W = integer_operands(6, 10, 7, np.float64, seed=3)
     np.testing.assert_array_equal(mm_nt(tiles, A, W), A @ W.T)
+
+
+@numba.njit
+def _product_in_a_kernel(tiles, A, W):
+    return mm_nt(tiles, A, W), bool(tiles)
+
+
+@pytest.mark.parametrize("tiles", [ON_BLAS, ON_TILES])
+def test_a_kernel_compiled_for_one_path_links_only_that_path(tiles):
+    """ON_TILES and ON_BLAS are two types to Numba: a kernel specialised for ON_BLAS
+    (training, BLAS decoding) must not link the parallel tiles, and one for ON_TILES
+    must run them and make no BLAS call."""
+    A, W = integer_operands(6, 10, 7, np.float64, seed=3)
+    out, flag = _product_in_a_kernel(tiles, A, W)
+    np.testing.assert_array_equal(out, A @ W.T)
+    assert flag is bool(tiles)
+    sig = [s for s in _product_in_a_kernel.signatures if repr(tiles) in str(s[0])]
+    ir = _product_in_a_kernel.inspect_llvm(sig[0])
+    assert ("tiled_nt" in ir) == bool(tiles)
+    assert ("xxgemm" in ir) == (not tiles)
+
+
+def test_mm_nt_in_a_kernel_rejects_a_plain_bool():
+    with pytest.raises(numba.core.errors.TypingError, match="tiles must be ON_TILES or ON_BLAS"):
+        numba.njit(lambda A, W: mm_nt(True, A, W))(np.eye(2), np.eye(2))
 
 
 def test_one_pool_restores_the_blas_threads():
@@ -135,7 +160,7 @@ def test_the_decoder_on_tiles_matches_blas(score, L, feeding, monkeypatch):
     w = pack_weights(params, cfg)
     y_in = np.ascontiguousarray(tgt[:, :-1])
     h_blas = model_forward(w, src, src_len, y_in)[3]
-    h_tiles = model_forward(w._replace(tiles=True), src, src_len, y_in)[3]
+    h_tiles = model_forward(w._replace(tiles=ON_TILES), src, src_len, y_in)[3]
     # float64, H = 7: products of at most 2H + E = 19 terms, a chain of a few per step over
     # T = 4 steps and 2 layers, on O(1) values; the summation order alone moves h~ by a few
     # ulps (measured: under 1.5e-15). 1e-13 is ~450 ulps.
