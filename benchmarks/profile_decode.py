@@ -33,6 +33,7 @@ from profile_step import attn_fwd, cells_fwd, enc_rec_gemm, out_layer_fwd  # noq
 
 from attnspec.impl.decode import _prepare, greedy_decode  # noqa: E402
 from attnspec.impl.kernels_decode import _state, decode_step, layer0_weights  # noqa: E402
+from attnspec.impl.kernels_matmul import ON_BLAS  # noqa: E402
 from attnspec.impl.kernels_model import encode  # noqa: E402
 from attnspec.impl.kernels_vocab import greedy_pick, n_blocks, top_log_probs  # noqa: E402
 from attnspec.impl.model import pack_weights  # noqa: E402
@@ -89,12 +90,12 @@ def step_pieces(size: str, dtype: str, repeats: int, K: int) -> dict[str, float]
     h_tilde[:] = np.tanh(rng.standard_normal((R, H)))
     src_row = np.arange(R) // K
     h_R, c_R = np.repeat(h0, K, axis=1), np.repeat(c0, K, axis=1)
-    W0 = layer0_weights(w)
+    W0 = layer0_weights(ON_BLAS, w)
     y = np.full(R, cfg.bos_id, np.int64)
 
     def step(n):
         for _ in range(n):
-            out = decode_step(w, W0, y, h_tilde, h_R, c_R, keys, keys_proj, src_row, len_c,
+            out = decode_step(ON_BLAS, w, W0, y, h_tilde, h_R, c_R, keys, keys_proj, src_row, len_c,
                               gates, c, tanh_c, h, a, cat, q_proj, h_tilde.copy())
         return out
 
@@ -132,10 +133,10 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
     y = np.full(B, cfg.bos_id, np.int64)
     h_tilde = np.zeros((B, cfg.H), keys.dtype)
     src_row = np.arange(B)
-    W0 = layer0_weights(w)
+    W0 = layer0_weights(ON_BLAS, w)
 
     def step():
-        return decode_step(w, W0, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c, *state)
+        return decode_step(ON_BLAS, w, W0, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c, *state)
 
     logits, scratch, work = step(), np.empty(V, keys.dtype), np.empty((B, V), keys.dtype)
     best = (np.empty(1, np.int64), np.empty(1, keys.dtype), np.empty(1, keys.dtype))   # one best: greedy_pick

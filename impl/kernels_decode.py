@@ -4,7 +4,7 @@ Each step embeds the previous tokens, runs ``decoder_step`` (the very function
 the teacher-forced forward pass uses) and the generator, so a teacher-forced
 forward pass on the decoded tokens reproduces their log-probabilities to
 rounding: layer 0's pre-activation is one product per step here and three in
-the forward pass, and on tiles (``w.tiles``) the sums run in another order than BLAS.
+the forward pass, and on tiles (``tiles``: ``kernels_matmul.ON_TILES``) the sums run in another order than BLAS.
 Beam search keeps R = B*K rows, row r attending to source row r // K.
 """
 
@@ -13,18 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_decoder import decoder_step, layer0_preactivation
-from .kernels_matmul import mm_nt
+from .kernels_matmul import mm_nt, products
 from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, copy1_, copy_, kernel
 from .kernels_vocab import greedy_pick, n_blocks, top_log_probs
 
 
 @kernel
-def layer0_weights(w):
+def layer0_weights(tiles, w):
     """[W_emb | W_feed | W_hh] (4H, E + F + H) of decoder layer 0 (F = H with input feeding,
     else 0): the three products of layer 0's input in one (``decode_step``); (0, 0) on
     tiles, which keep the three products apart."""
-    if w.tiles:
+    if tiles:
         return np.empty((0, 0), w.dec_W_emb.dtype)
     H4, E = w.dec_W_emb.shape
     F, H = w.dec_W_feed.shape[1], w.dec_W_hh.shape[2]
@@ -40,24 +40,24 @@ def layer0_weights(w):
 
 
 @kernel
-def decode_step(w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One step for R rows fed the tokens y_prev (R,): writes the new state and a (R, S);
     returns the generator's logits (R, V) without its bias (added by the row routines
     of ``kernels_vocab``, which need only the best few log-probabilities).
 
     On BLAS, layer 0's pre-activation is one product [emb; h~_prev; h_prev] @ W0^T
-    with W0 = ``layer0_weights(w)``: one BLAS call instead of three (medium decoding
+    with W0 = ``layer0_weights(tiles, w)``: one BLAS call instead of three (medium decoding
     3-9% faster, docs/performance.md); it sums in another order than the
     teacher-forced pass, which makes the embedding's product over all T steps at once.
-    On tiles (``w.tiles``) the three products stay apart and W0 is not used.
+    On tiles the three products stay apart and W0 is not used.
     """
     R = y_prev.shape[0]
-    if w.tiles:
+    if tiles:
         y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]  # (R, E)
-        xw0 = mm_nt(w.tiles, y_emb, w.dec_W_emb)                      # (R, 4H)
+        xw0 = mm_nt(tiles, y_emb, w.dec_W_emb)                        # (R, 4H)
         add_bias_(xw0, w.dec_b[0])
-        z0 = layer0_preactivation(w, xw0, h_prev[0], h_tilde_prev)
+        z0 = layer0_preactivation(tiles, w, xw0, h_prev[0], h_tilde_prev)
     else:
         E, F, H = w.emb_tgt.shape[1], w.dec_W_feed.shape[1], h_prev.shape[2]
         u = np.empty((R, E + F + H), w.emb_tgt.dtype)
@@ -70,9 +70,9 @@ def decode_step(w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
                 u[r, E + F + j] = h_prev[0, r, j]
         z0 = u @ W0.T                                                 # (R, 4H)
         add_bias_(z0, w.dec_b[0])
-    decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+    decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde)
-    return mm_nt(w.tiles, h_tilde, w.W_out)
+    return mm_nt(tiles, h_tilde, w.W_out)
 
 
 @kernel
@@ -84,50 +84,15 @@ def _state(L, R, H, S, dt):
 
 
 def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
-    """Argmax decoding (lowest id on ties) until EOS or max_len.
+    """Argmax decoding (lowest id on ties) until EOS or max_len: beam search with one
+    beam, where the best token alone decides (an EOS ends the row, any other is fed
+    back). One loop for both decoders: Numba compiles it once, not twice.
 
     Returns tokens (B, max_len), lengths (B,), scores (B,), attention (B, max_len, S).
     """
-    enc, h0, c0 = encode(w, src, src_len)             # Python: the loop below does not link the encoder
-    return greedy_loop(w, enc[5], enc[6], src_len, h0, c0, max_len, bos, eos, pad)
-
-
-@kernel
-def greedy_loop(w, keys, keys_proj, src_len, h, c, max_len, bos, eos, pad):
-    """The steps of ``greedy_kernel`` from the encoder's results; h, c (L, B, H) are overwritten."""
-    B, S = keys.shape[0], keys.shape[1]
-    L, _, H = h.shape
-    dt = keys.dtype
-    h_tilde = np.zeros((B, H), dt)
-    tokens = np.full((B, max_len), pad, np.int64)
-    lengths = np.zeros(B, np.int64)
-    scores = np.zeros(B, dt)
-    attention = np.zeros((B, max_len, S), dt)
-    y = np.full(B, bos, np.int64)
-    done = np.zeros(B, np.bool_)
-    src_row = np.arange(B)
-    gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, B, H, S, dt)
-    scratch = np.empty(w.W_out.shape[0], dt)
-    W0 = layer0_weights(w)
-    for t in range(max_len):
-        logits = decode_step(w, W0, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
-                             gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
-        for b in range(B):
-            if done[b]:
-                continue
-            v, log_p = greedy_pick(logits[b], w.b_out, scratch)     # lowest id on ties
-            tokens[b, t] = v
-            scores[b] += log_p
-            copy1_(attention[b, t], a[b])
-            lengths[b] = t + 1
-            y[b] = v
-            if v == eos:
-                done[b] = True
-        if done.all():
-            break
-        h, h_new = h_new, h
-        c, c_new = c_new, c
-        h_tilde, h_tilde_new = h_tilde_new, h_tilde
+    enc, h0, c0 = encode(w, src, src_len)             # Python: the loop does not link the encoder
+    tokens, lengths, scores, _, attention = beam_loop(products(w.tiles), w, enc[5], enc[6], src_len, h0, c0,
+                                                      1, max_len, False, bos, eos, pad)
     return tokens, lengths, scores, attention
 
 
@@ -163,15 +128,15 @@ def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens
 def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``beam_loop`` and ``decode.beam_search``)."""
     enc, h0, c0 = encode(w, src, src_len)
-    return beam_loop(w, enc[5], enc[6], src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad)
+    return beam_loop(products(w.tiles), w, enc[5], enc[6], src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad)
 
 
 @kernel
-def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad):
+def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``decode.beam_search``).
 
     Candidates: each live beam proposes its min(2K, V) best tokens (stable order:
-    lowest id on ties); all candidates are ranked by summed log-prob, ties by
+    lowest id on ties), or for K = 1 its best token alone (``greedy_pick``); all candidates are ranked by summed log-prob, ties by
     (beam, rank). An EOS among the first K candidates finishes a hypothesis; the
     first K others become the new beams. A row stops once K hypotheses finished,
     or at max_len, where its live beams count as hypotheses too.
@@ -182,7 +147,7 @@ def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize,
     L, _, H = h0.shape
     dt = keys.dtype
     V = w.W_out.shape[0]
-    M = min(2 * K, V)
+    M = 1 if K == 1 else min(2 * K, V)
     neg_inf = -np.inf
     src_row = np.empty(R, np.int64)
     h = np.empty((L, R, H), dt)
@@ -220,11 +185,11 @@ def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize,
     scratch = np.empty(V, dt)
     block_max = np.empty(n_blocks(V), dt)
     order = np.empty(K * M, np.int64)
-    W0 = layer0_weights(w)
+    W0 = layer0_weights(tiles, w)
     t_last = 0
     for t in range(max_len):
         t_last = t
-        logits = decode_step(w, W0, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
+        logits = decode_step(tiles, w, W0, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
                              gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
         copy_(hist_att[t], a)
         for b in range(B):
@@ -235,7 +200,10 @@ def beam_loop(w, keys, keys_proj, src_len, h0, c0, K, max_len, length_normalize,
                     r = b * K + k
                     if beam_score[r] == neg_inf:
                         continue
-                    top_log_probs(logits[r], w.b_out, scratch, block_max, top, top_lp, top_x)
+                    if K == 1:                                        # greedy decoding
+                        top[0], top_lp[0] = greedy_pick(logits[r], w.b_out, scratch)
+                    else:
+                        top_log_probs(logits[r], w.b_out, scratch, block_max, top, top_lp, top_x)
                     for m in range(M):
                         cand_score[n_c] = beam_score[r] + top_lp[m]
                         cand_k[n_c] = k

@@ -21,12 +21,12 @@ import numpy as np
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
 from .kernels_math import tanh_
 from .kernels_lstm import input_projection, lstm_cell_backward, lstm_cell_forward
-from .kernels_matmul import mm_nt
+from .kernels_matmul import mm_nt, products
 from .kernels_util import add_, add_bias_, column_sum, copy1_, copy_, kernel, swap01, take_layer, zero_
 
 
 @kernel
-def decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
+def decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One decoder step for R rows: writes gates (L, R, 4H), c, tanh_c, h (L, R, H),
     a (R, S), cat = [ctx; h_top] (R, 2H), q_proj (R, H), h_tilde (R, H).
@@ -34,6 +34,7 @@ def decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, 
     z0 (R, 4H) is layer 0's whole pre-activation, bias included: the caller forms
     it (``layer0_preactivation`` in training, one product in decoding:
     ``kernels_decode.decode_step``), so that both compile the same specialisation.
+    ``tiles`` (``kernels_matmul.ON_TILES`` or ``ON_BLAS``): where the products run.
     """
     L = w.dec_W_hh.shape[0]
     H = w.dec_W_hh.shape[2]
@@ -42,9 +43,9 @@ def decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, 
         if k == 0:
             z = z0
         else:
-            z = mm_nt(w.tiles, h[k - 1], w.dec_W_ih_up[k - 1])
+            z = mm_nt(tiles, h[k - 1], w.dec_W_ih_up[k - 1])
             add_bias_(z, w.dec_b[k])
-            add_(z, mm_nt(w.tiles, h_prev[k], w.dec_W_hh[k]))
+            add_(z, mm_nt(tiles, h_prev[k], w.dec_W_hh[k]))
         lstm_cell_forward(z, c_prev[k], gates[k], c[k], tanh_c[k], h[k])
     query = h[L - 1]                                                  # (R, H)
     if w.mode == NONE:
@@ -58,20 +59,20 @@ def decoder_step(w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, 
         for j in range(H):
             cat[r, j] = ctx[r, j]
             cat[r, H + j] = query[r, j]
-    pre = mm_nt(w.tiles, cat, w.att_W_c)                              # (R, H), no bias
+    pre = mm_nt(tiles, cat, w.att_W_c)                              # (R, H), no bias
     for r in range(R):
         for j in range(H):
             h_tilde[r, j] = tanh_(pre[r, j])
 
 
 @kernel
-def layer0_preactivation(w, xw0, h_prev0, h_tilde_prev):
+def layer0_preactivation(tiles, w, xw0, h_prev0, h_tilde_prev):
     """Layer 0's pre-activation (R, 4H) from the embedding's projection xw0 (R, 4H), bias
     included: h_prev0 W_hh^T + xw0 (+ h~_prev W_feed^T with input feeding), in this order."""
-    z = mm_nt(w.tiles, h_prev0, w.dec_W_hh[0])
+    z = mm_nt(tiles, h_prev0, w.dec_W_hh[0])
     add_(z, xw0)
     if w.feeds:
-        add_(z, mm_nt(w.tiles, h_tilde_prev, w.dec_W_feed))
+        add_(z, mm_nt(tiles, h_tilde_prev, w.dec_W_feed))
     return z
 
 
@@ -83,11 +84,11 @@ def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):
     another is compiled with a copy of it, which cost seconds per dtype.
     """
     xw0 = input_projection(y_emb, w.dec_W_emb, w.dec_b[0])            # (T, B, 4H), one GEMM
-    return decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len)
+    return decoder_loop(products(w.tiles), w, xw0, h0, c0, keys, keys_proj, src_len)
 
 
 @kernel
-def decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len):
+def decoder_loop(tiles, w, xw0, h0, c0, keys, keys_proj, src_len):
     """The T steps of ``decoder_forward`` from the embedding projection xw0 (T, B, 4H)."""
     T, B, _ = xw0.shape
     L, _, H = h0.shape
@@ -107,8 +108,8 @@ def decoder_loop(w, xw0, h0, c0, keys, keys_proj, src_len):
     zero_(h_tilde[0])
     src_row = np.arange(B)
     for t in range(T):
-        z0 = layer0_preactivation(w, xw0[t], h[t, 0], h_tilde[t])
-        decoder_step(w, z0, h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
+        z0 = layer0_preactivation(tiles, w, xw0[t], h[t, 0], h_tilde[t])
+        decoder_step(tiles, w, z0, h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
                      gates[t], c[t + 1], tanh_c[t], h[t + 1], a[t], cat[t], q_proj[t], h_tilde[t + 1])
     return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
 

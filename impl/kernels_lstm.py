@@ -99,7 +99,7 @@ def lstm_layer_forward(tiles, xw, W_hh, src_len, gates, c, tanh_c, h):
     xw (S, B, 4H) from ``input_projection``. Writes gates (S, B, 4H), tanh_c (S, B, H),
     and c, h (S + 1, B, H) whose index 0 is the zero initial state and index s the
     state after step s. A frozen row copies its previous state (gates and tanh_c 0).
-    ``tiles``: the recurrent product on ``kernels_matmul.tiled_nt`` rather than BLAS.
+    ``tiles`` (``kernels_matmul.ON_TILES`` or ``ON_BLAS``): where the recurrent product runs.
     """
     S, B, _ = xw.shape
     H = W_hh.shape[1]

@@ -23,7 +23,7 @@ import numpy as np
 import numba
 from numba import njit, prange, types
 from numba.core.errors import TypingError
-from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
+from numba.extending import NativeValue, models, overload, register_model, unbox
 
 # Tiles hold 16 dot products in scalar accumulators that LLVM keeps in vector
 # registers; ``reassoc`` lets it vectorise the reductions (each then sums in
@@ -87,18 +87,21 @@ def tiled_nt(A, W, out):
 
 
 class Products:
-    """Where a call's per-step products run: ``ON_TILES`` or ``ON_BLAS`` (``Weights.tiles``).
+    """Where a kernel's per-step products run: ``ON_TILES`` or ``ON_BLAS`` (``products``).
 
     True and false in Python; to Numba two different types, so a kernel compiled
     for one compiles only its path: training and decoding on BLAS never compile the
     parallel tiles (a fifth of the first calls' compilation: docs/performance.md),
-    and decoding on tiles links no BLAS call it does not make.
+    and decoding on tiles links no BLAS call it does not make. Pass it as an
+    argument of its own: Numba caches the type of a tuple of arrays and plain
+    scalars (``Weights``), not of one that holds this object (30x slower calls).
     """
 
-    __slots__ = ("tiles",)
+    __slots__ = ("tiles", "_numba_type_")
 
     def __init__(self, tiles: bool):
         self.tiles = tiles
+        self._numba_type_ = ProductsType(tiles)    # read by Numba's dispatcher, in C
 
     def __bool__(self):
         return self.tiles
@@ -107,18 +110,10 @@ class Products:
         return "ON_TILES" if self.tiles else "ON_BLAS"
 
 
-ON_TILES, ON_BLAS = Products(True), Products(False)
-
-
 class ProductsType(types.Dummy):
     def __init__(self, tiles: bool):
         self.tiles = tiles
-        super().__init__(repr(Products(tiles)))
-
-
-@typeof_impl.register(Products)
-def _typeof_products(val, c):
-    return ProductsType(val.tiles)
+        super().__init__("ON_TILES" if tiles else "ON_BLAS")
 
 
 register_model(ProductsType)(models.OpaqueModel)
@@ -127,6 +122,14 @@ register_model(ProductsType)(models.OpaqueModel)
 @unbox(ProductsType)
 def _unbox_products(typ, obj, c):
     return NativeValue(c.context.get_dummy_value())
+
+
+ON_TILES, ON_BLAS = Products(True), Products(False)
+
+
+def products(tiles: bool) -> Products:
+    """``ON_TILES`` if ``tiles`` (``Weights.tiles``), else ``ON_BLAS``."""
+    return ON_TILES if tiles else ON_BLAS
 
 
 @overload(bool)

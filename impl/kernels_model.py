@@ -29,13 +29,14 @@ import numpy as np
 from .kernels_attention import project_keys
 from .kernels_decoder import decoder_backward, decoder_forward
 from .kernels_lstm import input_projection, lstm_layer_backward, lstm_layer_forward, lstm_layer_grads
+from .kernels_matmul import products
 from .kernels_util import copy_, kernel, swap01
 from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
 Weights = namedtuple("Weights", [
     "mode",         # int, kernels_attention.MODES[score]
-    "tiles",        # kernels_matmul.ON_TILES or ON_BLAS: where the per-step products run
-                    # (decoding: kernels_matmul.use_tiles; to Numba, two types)
+    "tiles",        # bool, products on tiles (decoding: kernels_matmul.use_tiles); the kernels take
+                    # it as their own argument, kernels_matmul.products(tiles)
     "feeds",        # bool, input feeding
     "denom",        # scalar of the dtype: sqrt(H) for scaled_dot, else 1
     "emb_src",      # (V_src, E)
@@ -136,7 +137,7 @@ def encoder_forward(w, src, src_len):
             xw = input_projection(x, w.enc_W_ih0, w.enc_b[0])
         else:
             xw = input_projection(h[k - 1, 1:], w.enc_W_ih_up[k - 1], w.enc_b[k])
-        lstm_layer_forward(w.tiles, xw, w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], h[k])
+        lstm_layer_forward(products(w.tiles), xw, w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], h[k])
     keys = swap01(h[L - 1, 1:])                                       # (B, S, H)
     keys_proj = project_keys(w.mode, keys, w.att_W_k)
     return x, gates, c, tanh_c, h, keys, keys_proj

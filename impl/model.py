@@ -16,7 +16,6 @@ import numpy as np
 from ..spec.config import Config, param_shapes
 from ..spec.validate import all_finite, check_batch, check_params
 from .kernels_attention import MODES
-from .kernels_matmul import ON_BLAS, ON_TILES
 from .kernels_model import (Weights, generator_log_probs, generator_loss_backward, model_backward,
                             model_forward)
 
@@ -107,7 +106,7 @@ def pack_weights(params: dict[str, np.ndarray], config: Config, tiles: bool = Fa
     C = np.ascontiguousarray
     return Weights(
         mode=MODES[c.score],
-        tiles=ON_TILES if tiles else ON_BLAS,
+        tiles=tiles,
         feeds=c.feeds_input,
         denom=dt.type(math.sqrt(H) if c.score == "scaled_dot" else 1.0),
         emb_src=C(params["encoder.embedding.weight"]),

@@ -160,7 +160,7 @@ def test_the_decoder_on_tiles_matches_blas(score, L, feeding, monkeypatch):
     w = pack_weights(params, cfg)
     y_in = np.ascontiguousarray(tgt[:, :-1])
     h_blas = model_forward(w, src, src_len, y_in)[3]
-    h_tiles = model_forward(w._replace(tiles=ON_TILES), src, src_len, y_in)[3]
+    h_tiles = model_forward(w._replace(tiles=True), src, src_len, y_in)[3]
     # float64, H = 7: products of at most 2H + E = 19 terms, a chain of a few per step over
     # T = 4 steps and 2 layers, on O(1) values; the summation order alone moves h~ by a few
     # ulps (measured: under 1.5e-15). 1e-13 is ~450 ulps.
