@@ -11,6 +11,7 @@ Beam search keeps R = B*K rows, row r attending to source row r // K.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .kernels_decoder import decoder_step, layer0_preactivation
 from .kernels_matmul import mm_nt, products
@@ -18,8 +19,12 @@ from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, copy1_, copy_, kernel
 from .kernels_vocab import greedy_pick, n_blocks, top_log_probs
 
+# The pieces of ``beam_loop`` that nothing else calls: Numba inlines them into it
+# rather than compiling each on its own and then again, linked, inside the loop.
+once = njit(cache=True, error_model="numpy", inline="always")
 
-@kernel
+
+@once
 def layer0_weights(tiles, w):
     """[W_emb | W_feed | W_hh] (4H, E + F + H) of decoder layer 0 (F = H with input feeding,
     else 0): the three products of layer 0's input in one (``decode_step``); (0, 0) on
@@ -39,7 +44,7 @@ def layer0_weights(tiles, w):
     return W
 
 
-@kernel
+@once
 def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One step for R rows fed the tokens y_prev (R,): writes the new state and a (R, S);
@@ -75,7 +80,7 @@ def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_p
     return mm_nt(tiles, h_tilde, w.W_out)
 
 
-@kernel
+@once
 def _state(L, R, H, S, dt):
     """Buffers of one decoder step for R rows."""
     return (np.empty((L, R, 4 * H), dt), np.empty((L, R, H), dt), np.empty((L, R, H), dt),
@@ -111,7 +116,7 @@ def stable_order_desc(score, n, order):
         order[j] = i
 
 
-@kernel
+@once
 def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention):
     """Write the hypothesis that emitted tok_end at step t_end from beam slot k_end."""
     tokens[b, t_end] = tok_end
