@@ -4,8 +4,9 @@ Each step embeds the previous tokens, runs ``decoder_step`` (the very function
 the teacher-forced forward pass uses) and the generator, so a teacher-forced
 forward pass on the decoded tokens reproduces their log-probabilities to
 rounding: layer 0's pre-activation is one product per step here and three in
-the forward pass, and on tiles (``tiles``: ``kernels_matmul.ON_TILES``) the sums run in another order than BLAS.
-Beam search keeps R = B*K rows, row r attending to source row r // K.
+the forward pass, and on tiles (``kernels_matmul.ON_TILES``) the sums run in
+another order than BLAS. Beam search keeps R = B*K rows, row r attending to
+source row r // K; greedy decoding is beam search with K = 1.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens
 def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``beam_loop`` and ``decode.beam_search``)."""
     enc, h0, c0 = encode(w, src, src_len)
-    return beam_loop(products(w.tiles), w, enc[5], enc[6], src_len, h0, c0, K, max_len, length_normalize, bos, eos, pad)
+    return beam_loop(products(w.tiles), w, enc[5], enc[6], src_len, h0, c0, K, max_len, length_normalize,
+                     bos, eos, pad)
 
 
 @kernel
@@ -141,8 +143,8 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
     """Beam search of width K per source row (see ``decode.beam_search``).
 
     Candidates: each live beam proposes its min(2K, V) best tokens (stable order:
-    lowest id on ties), or for K = 1 its best token alone (``greedy_pick``); all candidates are ranked by summed log-prob, ties by
-    (beam, rank). An EOS among the first K candidates finishes a hypothesis; the
+    lowest id on ties), or for K = 1 its best token alone (``greedy_pick``); all
+    candidates are ranked by summed log-prob, ties by (beam, rank). An EOS among the first K candidates finishes a hypothesis; the
     first K others become the new beams. A row stops once K hypotheses finished,
     or at max_len, where its live beams count as hypotheses too.
     Returns tokens, lengths, scores, normalized scores, attention.

@@ -90,10 +90,9 @@ class Products:
     """Where a kernel's per-step products run: ``ON_TILES`` or ``ON_BLAS`` (``products``).
 
     True and false in Python; to Numba two different types, so a kernel compiled
-    for one compiles only its path: training and decoding on BLAS never compile the
-    parallel tiles (a fifth of the first calls' compilation: docs/performance.md),
-    and decoding on tiles links no BLAS call it does not make. Pass it as an
-    argument of its own: Numba caches the type of a tuple of arrays and plain
+    for one compiles only its path of ``mm_nt``: training and decoding on BLAS
+    never compile the parallel tiles (a tenth to a fifth of the first calls'
+    compilation: docs/performance.md). Pass it as an argument of its own: Numba caches the type of a tuple of arrays and plain
     scalars (``Weights``), not of one that holds this object (30x slower calls).
     """
 
