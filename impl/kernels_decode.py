@@ -6,26 +6,22 @@ forward pass on the decoded tokens reproduces their log-probabilities to
 rounding: layer 0's pre-activation is one product per step here and three in
 the forward pass, and on tiles (``kernels_matmul.ON_TILES``) the sums run in
 another order than BLAS. Beam search keeps R = B*K rows, row r attending to
-source row r // K; greedy decoding is beam search with K = 1.
+source row r // K; greedy decoding is beam search with K = 1. The helpers that
+only ``beam_loop`` calls are ``inlined`` into it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from .kernels_decoder import decoder_step, layer0_preactivation
 from .kernels_matmul import mm_nt, products
 from .kernels_model import embed_time_major, encode
-from .kernels_util import add_bias_, copy1_, copy_, kernel
+from .kernels_util import add_bias_, copy1_, copy_, inlined, kernel
 from .kernels_vocab import greedy_pick, n_blocks, top_log_probs
 
-# The pieces of ``beam_loop`` that nothing else calls: Numba inlines them into it
-# rather than compiling each on its own and then again, linked, inside the loop.
-once = njit(cache=True, error_model="numpy", inline="always")
 
-
-@once
+@inlined
 def layer0_weights(tiles, w):
     """[W_emb | W_feed | W_hh] (4H, E + F + H) of decoder layer 0 (F = H with input feeding,
     else 0): the three products of layer 0's input in one (``decode_step``); (0, 0) on
@@ -45,7 +41,7 @@ def layer0_weights(tiles, w):
     return W
 
 
-@once
+@inlined
 def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
     """One step for R rows fed the tokens y_prev (R,): writes the new state and a (R, S);
@@ -81,7 +77,7 @@ def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_p
     return mm_nt(tiles, h_tilde, w.W_out)
 
 
-@once
+@inlined
 def _state(L, R, H, S, dt):
     """Buffers of one decoder step for R rows."""
     return (np.empty((L, R, 4 * H), dt), np.empty((L, R, H), dt), np.empty((L, R, H), dt),
@@ -117,7 +113,7 @@ def stable_order_desc(score, n, order):
         order[j] = i
 
 
-@once
+@inlined
 def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention):
     """Write the hypothesis that emitted tok_end at step t_end from beam slot k_end."""
     tokens[b, t_end] = tok_end
@@ -144,9 +140,10 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
 
     Candidates: each live beam proposes its min(2K, V) best tokens (stable order:
     lowest id on ties), or for K = 1 its best token alone (``greedy_pick``); all
-    candidates are ranked by summed log-prob, ties by (beam, rank). An EOS among the first K candidates finishes a hypothesis; the
-    first K others become the new beams. A row stops once K hypotheses finished,
-    or at max_len, where its live beams count as hypotheses too.
+    candidates are ranked by summed log-prob, ties by (beam, rank). An EOS among
+    the first K candidates finishes a hypothesis; the first K others become the
+    new beams. A row stops once K hypotheses finished, or at max_len, where its
+    live beams count as hypotheses too.
     Returns tokens, lengths, scores, normalized scores, attention.
     """
     B, S = keys.shape[0], keys.shape[1]

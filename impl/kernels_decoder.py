@@ -59,7 +59,7 @@ def decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
         for j in range(H):
             cat[r, j] = ctx[r, j]
             cat[r, H + j] = query[r, j]
-    pre = mm_nt(tiles, cat, w.att_W_c)                              # (R, H), no bias
+    pre = mm_nt(tiles, cat, w.att_W_c)                                # (R, H), no bias
     for r in range(R):
         for j in range(H):
             h_tilde[r, j] = tanh_(pre[r, j])

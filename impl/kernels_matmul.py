@@ -92,8 +92,9 @@ class Products:
     True and false in Python; to Numba two different types, so a kernel compiled
     for one compiles only its path of ``mm_nt``: training and decoding on BLAS
     never compile the parallel tiles (a tenth to a fifth of the first calls'
-    compilation: docs/performance.md). Pass it as an argument of its own: Numba caches the type of a tuple of arrays and plain
-    scalars (``Weights``), not of one that holds this object (30x slower calls).
+    compilation: docs/performance.md). Pass it as an argument of its own: Numba
+    caches the type of a tuple of arrays and plain scalars (``Weights``), not of
+    one that holds this object (30x slower calls).
     """
 
     __slots__ = ("tiles", "_numba_type_")
@@ -106,7 +107,7 @@ class Products:
         return self.tiles
 
     def __repr__(self):
-        return "ON_TILES" if self.tiles else "ON_BLAS"
+        return self._numba_type_.name
 
 
 class ProductsType(types.Dummy):

@@ -17,6 +17,9 @@ from numba import njit
 # which the API's finiteness checks report) instead of Python's ZeroDivisionError,
 # whose test before every division keeps LLVM from vectorising a loop.
 kernel = njit(cache=True, error_model="numpy")
+# A kernel with a single caller: Numba inlines it there instead of compiling it on
+# its own and then again, linked, inside the caller (seconds of LLVM per dtype).
+inlined = njit(cache=True, error_model="numpy", inline="always")
 
 
 @kernel
