@@ -21,8 +21,8 @@ import numpy as np
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
 from .kernels_math import tanh_
 from .kernels_lstm import input_projection, lstm_cell_backward, lstm_cell_forward
-from .kernels_matmul import mm_nt, products
-from .kernels_util import add_, add_bias_, column_sum, copy1_, copy_, kernel, swap01, take_layer, zero_
+from .kernels_matmul import gemm, mm_nt, products
+from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, zero_
 
 
 @kernel
@@ -188,7 +188,6 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
     return dz, dpre, de, dctx, dq_proj, dkeys_proj, dv_a, dh, dc
 
 
-@kernel
 def decoder_grads(w, y_emb, h, cat, h_tilde, dz, dpre, dq_proj):
     """The decoder's weight gradients from the loop's dz and dpre, one GEMM per matrix
     over all T*B rows: (dy_emb (T, B, E), dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q)."""
@@ -196,42 +195,38 @@ def decoder_grads(w, y_emb, h, cat, h_tilde, dz, dpre, dq_proj):
     H = H4 // 4
     E = y_emb.shape[2]
     dt = y_emb.dtype
-    dW_hh = np.empty((L, 4 * H, H), dt)
-    dW_ih_up = np.empty((max(L - 1, 0), 4 * H, H), dt)
-    db = np.empty((L, 4 * H), dt)
+    dW_hh = np.empty((L, H4, H), dt)
+    dW_ih_up = np.empty((max(L - 1, 0), H4, H), dt)
+    db = np.empty((L, H4), dt)
     for k in range(L):
-        dZk = dz[k].reshape(T * B, 4 * H)
-        h_prev_k = take_layer(h, k, 0, T).reshape(T * B, H)
-        copy_(dW_hh[k], dZk.T @ h_prev_k)
-        copy1_(db[k], column_sum(dZk))                                # not db[k] = ...: kernels_util
+        dZk = dz[k].reshape(T * B, H4)
+        gemm(dZk.T, h[0:T, k].reshape(T * B, H), dW_hh[k])          # NumPy copies h[:, k] if L > 1
+        db[k] = column_sum(dZk)
         if k > 0:
-            copy_(dW_ih_up[k - 1], dZk.T @ take_layer(h, k - 1, 1, T + 1).reshape(T * B, H))
-    dZ0 = dz[0].reshape(T * B, 4 * H)
-    dW_emb = dZ0.T @ y_emb.reshape(T * B, E)                          # (4H, E)
+            gemm(dZk.T, h[1:, k - 1].reshape(T * B, H), dW_ih_up[k - 1])
+    dZ0 = dz[0].reshape(T * B, H4)
+    dW_emb = gemm(dZ0.T, y_emb.reshape(T * B, E), np.empty((H4, E), dt))
     if w.feeds:
-        dW_feed = dZ0.T @ h_tilde[0:T].reshape(T * B, H)              # (4H, H)
+        dW_feed = gemm(dZ0.T, h_tilde[0:T].reshape(T * B, H), np.empty((H4, H), dt))
     else:
-        dW_feed = np.zeros((4 * H, 0), dt)
-    dy_emb = (dZ0 @ w.dec_W_emb).reshape(T, B, E)
+        dW_feed = np.zeros((H4, 0), dt)
+    dy_emb = gemm(dZ0, w.dec_W_emb, np.empty((T * B, E), dt)).reshape(T, B, E)
     if w.mode == NONE:
         dW_c = np.zeros((0, 0), dt)
     else:
-        dW_c = dpre.reshape(T * B, H).T @ cat.reshape(T * B, 2 * H)   # (H, 2H)
+        dW_c = gemm(dpre.reshape(T * B, H).T, cat.reshape(T * B, 2 * H), np.empty((H, 2 * H), dt))
     if w.mode == CONCAT:
-        query = take_layer(h, L - 1, 1, T + 1)                        # (T, B, H)
-        dW_q = dq_proj.reshape(T * B, H).T @ query.reshape(T * B, H)
+        dW_q = gemm(dq_proj.reshape(T * B, H).T, h[1:, L - 1].reshape(T * B, H), np.empty((H, H), dt))
     else:
         dW_q = np.zeros((0, 0), dt)
     return dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q
 
 
-@kernel
 def decoder_keys_grads(w, keys, h, a, de, dctx, dkeys_proj):
     """(dW_k, dkeys (B, S, H)): the gradients that flow into the encoder's outputs."""
-    T, L = h.shape[0] - 1, h.shape[1]
     if w.mode == NONE:
         return np.zeros((0, 0), keys.dtype), np.zeros_like(keys)
-    query = take_layer(h, L - 1, 1, T + 1)                            # (T, B, H)
-    dkeys, dW_k = attention_keys_backward(w.mode, swap01(a), swap01(de), swap01(dctx), swap01(query),
+    query = np.ascontiguousarray(h[1:, h.shape[1] - 1].swapaxes(0, 1))  # (B, T, H)
+    dkeys, dW_k = attention_keys_backward(w.mode, swap01(a), swap01(de), swap01(dctx), query,
                                           keys, w.att_W_k, w.denom, dkeys_proj)
     return dW_k, dkeys

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_math import sigmoid_, tanh_
-from .kernels_matmul import mm_nt
+from .kernels_matmul import gemm, mm_nt
 from .kernels_util import add_, add_bias_, column_sum, kernel, zero_
 
 
@@ -79,17 +79,19 @@ def lstm_cell_backward(dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
 
 
 # -- one encoder layer over time (state frozen past src_len) ------------------------
-# A layer is three kernels chained in Python (``kernels_model``): a kernel that
-# calls another is compiled with a copy of it and optimised again, so one kernel
-# per layer cost seconds of compilation per dtype for nothing at run time.
+# A layer is kernels chained in Python (``kernels_model``): a kernel that calls
+# another is compiled with a copy of it and optimised again, so one kernel per
+# layer cost seconds of compilation per dtype for nothing at run time. For the
+# same reason the batched products (``input_projection``, ``lstm_layer_grads``)
+# are plain Python around ``gemm``.
 
-@kernel
 def input_projection(x, W_ih, bias):
     """xw (S, B, 4H) = x W_ih^T + bias for x (S, B, D_in): every step's input in one GEMM."""
     S, B, D_in = x.shape
-    xw = x.reshape(S * B, D_in) @ W_ih.T
+    H4 = W_ih.shape[0]
+    xw = gemm(x.reshape(S * B, D_in), W_ih.T, np.empty((S * B, H4), x.dtype))
     add_bias_(xw, bias)
-    return xw.reshape(S, B, W_ih.shape[0])
+    return xw.reshape(S, B, H4)
 
 
 @kernel
@@ -150,14 +152,13 @@ def lstm_layer_backward(W_hh, src_len, gates, c, tanh_c, dh_out, dh_last, dc_las
     return dz
 
 
-@kernel
 def lstm_layer_grads(x, W_ih, h, dz):
     """From dz (S, B, 4H): dx (S, B, D_in), dW_ih, dW_hh, dbias, one GEMM each over all steps."""
     S, B, D_in = x.shape
     H4 = dz.shape[2]
+    dt = dz.dtype
     dz2 = dz.reshape(S * B, H4)
-    dW_ih = dz2.T @ x.reshape(S * B, D_in)                            # (4H, D_in)
-    dW_hh = dz2.T @ h[:S].reshape(S * B, H4 // 4)                     # (4H, H)
-    dbias = column_sum(dz2)
-    dx = (dz2 @ W_ih).reshape(S, B, D_in)
-    return dx, dW_ih, dW_hh, dbias
+    dW_ih = gemm(dz2.T, x.reshape(S * B, D_in), np.empty((H4, D_in), dt))
+    dW_hh = gemm(dz2.T, h[:S].reshape(S * B, H4 // 4), np.empty((H4, H4 // 4), dt))
+    dx = gemm(dz2, W_ih, np.empty((S * B, D_in), dt)).reshape(S, B, D_in)
+    return dx, dW_ih, dW_hh, column_sum(dz2)

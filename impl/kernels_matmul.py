@@ -25,11 +25,25 @@ from numba import njit, prange, types
 from numba.core.errors import TypingError
 from numba.extending import NativeValue, models, overload, register_model, unbox
 
+from .kernels_util import kernel
+
 # Tiles hold 16 dot products in scalar accumulators that LLVM keeps in vector
 # registers; ``reassoc`` lets it vectorise the reductions (each then sums in
 # lanes: another order than BLAS, the same error bound), ``contract`` lets it
 # fuse multiply-adds. No ``nnan``/``ninf``: NaN and inf must reach the API's checks.
 _FAST = {"reassoc", "contract"}
+
+
+@kernel
+def gemm(A, B, out):
+    """out (M, N) = A (M, K) @ B (K, N) in one BLAS call; returns out.
+
+    A and B C- or F-ordered (a transposed view is F), out C-ordered. Training's
+    batched products (one per weight over all steps) are this kernel called from
+    Python: compiled once per layout, not again inside each caller.
+    """
+    np.dot(A, B, out)
+    return out
 
 
 def use_tiles(rows: int, H: int) -> bool:

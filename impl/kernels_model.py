@@ -29,7 +29,7 @@ import numpy as np
 from .kernels_attention import project_keys
 from .kernels_decoder import decoder_backward, decoder_forward
 from .kernels_lstm import input_projection, lstm_layer_backward, lstm_layer_forward, lstm_layer_grads
-from .kernels_matmul import products
+from .kernels_matmul import gemm, products
 from .kernels_util import copy_, kernel, swap01
 from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
@@ -87,15 +87,13 @@ def embed_backward(d_out, ids, grad):
 
 # -- generator and loss -------------------------------------------------------------
 
-@kernel
 def generator_log_probs(h_tilde, W_out, b_out, log_probs):
     """log_probs (N, V) = log_softmax(h~ @ W_out^T + b_out) into the given array, one GEMM over all N rows."""
-    np.dot(h_tilde, W_out.T, log_probs)
+    gemm(h_tilde, W_out.T, log_probs)
     log_softmax_rows(log_probs, b_out)
     return log_probs
 
 
-@kernel
 def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count, dlogits, dW_out):
     """The generator's forward and backward in one: the loss never needs all of log p.
 
@@ -105,14 +103,14 @@ def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count, dlogits, 
     dh~ = dlogits @ W_out (GEMMs over all N rows). The given (N, V) buffer
     ``dlogits`` holds the logits first and becomes dlogits in place (``kernels_vocab``).
     """
-    N = h_tilde.shape[0]
-    V = W_out.shape[0]
-    np.dot(h_tilde, W_out.T, dlogits)                                 # logits for now
-    picked = np.empty(N, h_tilde.dtype)
-    db_out = np.zeros(V, h_tilde.dtype)
+    N, H = h_tilde.shape
+    dt = h_tilde.dtype
+    gemm(h_tilde, W_out.T, dlogits)                                   # logits for now
+    picked = np.empty(N, dt)
+    db_out = np.zeros(W_out.shape[0], dt)
     log_softmax_grad_rows(dlogits, b_out, labels, pad, count, picked, db_out)
-    np.dot(dlogits.T, h_tilde, dW_out)                                # (V, H)
-    dh_tilde = dlogits @ W_out                                        # (N, H)
+    gemm(dlogits.T, h_tilde, dW_out)                                  # (V, H)
+    dh_tilde = gemm(dlogits, W_out, np.empty((N, H), dt))             # (N, H)
     return picked, dW_out, db_out, dh_tilde
 
 

@@ -78,18 +78,6 @@ def swap01(x):
 
 
 @kernel
-def take_layer(h, k, t0, t1):
-    """Contiguous copy of h[t0:t1, k] for h (T, L, B, H): (t1 - t0, B, H)."""
-    _, _, B, H = h.shape
-    out = np.empty((t1 - t0, B, H), h.dtype)
-    for t in range(t0, t1):
-        for b in range(B):
-            for j in range(H):
-                out[t - t0, b, j] = h[t, k, b, j]
-    return out
-
-
-@kernel
 def column_sum(m):
     """Sum over the rows of m (N, M), in a fixed order (deterministic)."""
     out = np.zeros(m.shape[1], m.dtype)
