@@ -199,7 +199,7 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
         for b in range(B):
             n_alive = 0
             if not done[b]:
-                n_c = 0
+                n_c = np.int64(0)                             # not a literal 0: see kernels_util
                 for k in range(K):
                     r = b * K + k
                     if beam_score[r] == neg_inf:
@@ -273,15 +273,13 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
                 if best == -1 or key > best_key:
                     best_key, best = key, cap + k
         if best < cap:
-            t_end = fin_t[b, best]
-            _backtrack(b, K, t_end, fin_k[b, best], eos, hist_tok, hist_par, hist_att, tokens, attention)
+            t_end, k_end, tok_end = fin_t[b, best], fin_k[b, best], eos
             scores[b] = fin_score[b, best]
         else:
             r = b * K + best - cap
-            t_end = t_last
-            _backtrack(b, K, t_end, hist_par[t_end, r], hist_tok[t_end, r], hist_tok, hist_par, hist_att,
-                       tokens, attention)
+            t_end, k_end, tok_end = t_last, hist_par[t_last, r], hist_tok[t_last, r]
             scores[b] = beam_score[r]
+        _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens, attention)
         lengths[b] = t_end + 1
         normalized[b] = scores[b] / lengths[b]
     return tokens, lengths, scores, normalized, attention

@@ -34,14 +34,24 @@ from .kernels_util import kernel
 _FAST = {"reassoc", "contract"}
 
 
-@kernel
 def gemm(A, B, out):
-    """out (M, N) = A (M, K) @ B (K, N) in one BLAS call; returns out.
+    """out (M, N) = A (M, K) @ B (K, N) in one BLAS call; returns out (C-ordered).
 
-    A and B C- or F-ordered (a transposed view is F), out C-ordered. Training's
-    batched products (one per weight over all steps) are this kernel called from
-    Python: compiled once per layout, not again inside each caller.
+    Training's batched products (one per weight over all steps) are this, called
+    from Python: compiled once per layout, not again inside each caller. A
+    transposed view is F-ordered and goes to BLAS as it is; a view that is
+    neither C- nor F-ordered (a reshaped slice with one row per step) is copied
+    first, since Numba's np.dot would take a slow loop for it.
     """
+    return _gemm(_blas_layout(A), _blas_layout(B), out)
+
+
+def _blas_layout(x):
+    return x if x.flags.c_contiguous or x.flags.f_contiguous else np.ascontiguousarray(x)
+
+
+@kernel
+def _gemm(A, B, out):
     np.dot(A, B, out)
     return out
 

@@ -230,7 +230,7 @@ def top_log_probs(x, bias, scratch, block_max, top, top_lp, top_x):
         floor = lo - _TIE_MARGIN * (abs(lo) + abs(m) + abs(lse))
     # NaN logits make m, lse and the floor NaN: every compare below is then false, and
     # every token is ranked (so top holds M real ids; the caller reports the NaN)
-    n = 0
+    n = np.int64(0)                                                   # not a literal 0: see kernels_util
     for i in range(nb):
         if block_max[i] < floor:
             continue

@@ -1,4 +1,4 @@
-"""Decoding's tiled products and their thread pool (impl/kernels_matmul.py).
+"""Training's batched products, decoding's tiled products and their thread pool (impl/kernels_matmul.py).
 
 The tiles sum in another order than BLAS, so on random data they agree only to
 rounding. On small integers every order gives the exact sum, which turns "is a
@@ -7,13 +7,15 @@ matrix product" into an equality test that any wrong index or dropped term fails
 
 from __future__ import annotations
 
+import warnings
+
 import numba
 import numpy as np
 import pytest
 
 import attnspec.impl.decode as decode_api
 from attnspec.impl.decode import beam_search, greedy_decode
-from attnspec.impl.kernels_matmul import ON_BLAS, ON_TILES, mm_nt, one_pool, tiled_nt, use_tiles
+from attnspec.impl.kernels_matmul import ON_BLAS, ON_TILES, _gemm, gemm, mm_nt, one_pool, tiled_nt, use_tiles
 from attnspec.impl.kernels_model import model_forward
 from attnspec.impl.model import init_params, pack_weights
 from attnspec.spec.config import Config
@@ -90,6 +92,47 @@ def test_nan_and_inf_propagate_through_the_tiles():
     out = np.empty((8, 8))
     tiled_nt(A, W, out)
     assert np.isnan(out[1]).all() and np.isposinf(out[6]).all() and np.isfinite(np.delete(out, [1, 6], 0)).all()
+
+
+def _strided_rows(A):
+    """A (M, K) as a view that is neither C- nor F-ordered: its rows sit 3 rows apart."""
+    M, K = A.shape
+    wide = np.full((M, 3, K), np.nan, A.dtype)
+    wide[:, 0] = A
+    return wide[:, 0]
+
+
+def assert_only_blas_layouts(dispatcher):
+    """Every operand layout the kernel was specialised for is C or F: with an 'A'
+    (strided) operand Numba's np.dot leaves BLAS for a slow loop."""
+    for sig in dispatcher.signatures:
+        assert all(t.layout in "CF" for t in sig), f"{dispatcher.py_func.__name__} specialised for {sig}"
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_gemm_is_the_product_for_every_layout_and_calls_blas(layout):
+    """gemm gives A @ B for C-ordered operands, transposed views (F) and strided views,
+    and hands the kernel only C or F operands."""
+    A, W = integer_operands(6, 10, 7, np.float64, seed=4)
+    B = W.T                                                           # (10, 7), F-ordered
+    if layout == "C":
+        B = np.ascontiguousarray(B)
+    elif layout == "strided":
+        A, B = _strided_rows(A), _strided_rows(np.ascontiguousarray(B))
+        assert not (A.flags.c_contiguous or A.flags.f_contiguous)
+    out = np.full((6, 7), np.nan)
+    assert gemm(A, B, out) is out
+    np.testing.assert_array_equal(out, A @ B)
+    assert_only_blas_layouts(_gemm)
+
+
+def test_the_layout_check_catches_a_strided_operand_passed_as_it_is():
+    kernel = numba.njit(_gemm.py_func)                                # a fresh copy: _gemm stays clean
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", numba.NumbaPerformanceWarning)
+        kernel(_strided_rows(np.eye(3)), np.eye(3), np.empty((3, 3)))
+    with pytest.raises(AssertionError, match="specialised for"):
+        assert_only_blas_layouts(kernel)
 
 
 @pytest.mark.parametrize("tiles", [ON_BLAS, ON_TILES])
