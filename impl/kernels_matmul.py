@@ -1,4 +1,5 @@
-"""Decoding's per-step matrix products: register tiles on Numba's threads, or BLAS.
+"""Matrix products: training's batched GEMMs (``gemm``), and decoding's per-step
+products on register tiles over Numba's threads, or on BLAS (``mm_nt``).
 
 A decoding step multiplies only R rows (the batch, or batch x beam) by each
 weight matrix, the generator's included. OpenBLAS runs such skinny products
