@@ -205,18 +205,18 @@ def decoder_grads(w, y_emb, h, cat, h_tilde, dz, dpre, dq_proj):
         if k > 0:
             gemm(dZk.T, h[1:, k - 1].reshape(T * B, H), dW_ih_up[k - 1])
     dZ0 = dz[0].reshape(T * B, H4)
-    dW_emb = gemm(dZ0.T, y_emb.reshape(T * B, E), np.empty((H4, E), dt))
+    dW_emb = gemm(dZ0.T, y_emb.reshape(T * B, E))
     if w.feeds:
-        dW_feed = gemm(dZ0.T, h_tilde[0:T].reshape(T * B, H), np.empty((H4, H), dt))
+        dW_feed = gemm(dZ0.T, h_tilde[0:T].reshape(T * B, H))
     else:
         dW_feed = np.zeros((H4, 0), dt)
-    dy_emb = gemm(dZ0, w.dec_W_emb, np.empty((T * B, E), dt)).reshape(T, B, E)
+    dy_emb = gemm(dZ0, w.dec_W_emb).reshape(T, B, E)
     if w.mode == NONE:
         dW_c = np.zeros((0, 0), dt)
     else:
-        dW_c = gemm(dpre.reshape(T * B, H).T, cat.reshape(T * B, 2 * H), np.empty((H, 2 * H), dt))
+        dW_c = gemm(dpre.reshape(T * B, H).T, cat.reshape(T * B, 2 * H))
     if w.mode == CONCAT:
-        dW_q = gemm(dq_proj.reshape(T * B, H).T, h[1:, L - 1].reshape(T * B, H), np.empty((H, H), dt))
+        dW_q = gemm(dq_proj.reshape(T * B, H).T, h[1:, L - 1].reshape(T * B, H))
     else:
         dW_q = np.zeros((0, 0), dt)
     return dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q

@@ -89,7 +89,7 @@ def input_projection(x, W_ih, bias):
     """xw (S, B, 4H) = x W_ih^T + bias for x (S, B, D_in): every step's input in one GEMM."""
     S, B, D_in = x.shape
     H4 = W_ih.shape[0]
-    xw = gemm(x.reshape(S * B, D_in), W_ih.T, np.empty((S * B, H4), x.dtype))
+    xw = gemm(x.reshape(S * B, D_in), W_ih.T)
     add_bias_(xw, bias)
     return xw.reshape(S, B, H4)
 
@@ -156,9 +156,8 @@ def lstm_layer_grads(x, W_ih, h, dz):
     """From dz (S, B, 4H): dx (S, B, D_in), dW_ih, dW_hh, dbias, one GEMM each over all steps."""
     S, B, D_in = x.shape
     H4 = dz.shape[2]
-    dt = dz.dtype
     dz2 = dz.reshape(S * B, H4)
-    dW_ih = gemm(dz2.T, x.reshape(S * B, D_in), np.empty((H4, D_in), dt))
-    dW_hh = gemm(dz2.T, h[:S].reshape(S * B, H4 // 4), np.empty((H4, H4 // 4), dt))
-    dx = gemm(dz2, W_ih, np.empty((S * B, D_in), dt)).reshape(S, B, D_in)
+    dW_ih = gemm(dz2.T, x.reshape(S * B, D_in))
+    dW_hh = gemm(dz2.T, h[:S].reshape(S * B, H4 // 4))
+    dx = gemm(dz2, W_ih).reshape(S, B, D_in)
     return dx, dW_ih, dW_hh, column_sum(dz2)

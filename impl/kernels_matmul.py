@@ -35,8 +35,9 @@ from .kernels_util import kernel
 _FAST = {"reassoc", "contract"}
 
 
-def gemm(A, B, out):
-    """out (M, N) = A (M, K) @ B (K, N) in one BLAS call; returns out (C-ordered).
+def gemm(A, B, out=None):
+    """out (M, N) = A (M, K) @ B (K, N) in one BLAS call; returns out (C-ordered, a
+    new array of A's dtype when not given).
 
     Training's batched products (one per weight over all steps) are this, called
     from Python: compiled once per layout, not again inside each caller. A
@@ -44,6 +45,8 @@ def gemm(A, B, out):
     neither C- nor F-ordered (a reshaped slice with one row per step) is copied
     first, since Numba's np.dot would take a slow loop for it.
     """
+    if out is None:
+        out = np.empty((A.shape[0], B.shape[1]), A.dtype)
     return _gemm(_blas_layout(A), _blas_layout(B), out)
 
 

@@ -103,14 +103,14 @@ def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count, dlogits, 
     dh~ = dlogits @ W_out (GEMMs over all N rows). The given (N, V) buffer
     ``dlogits`` holds the logits first and becomes dlogits in place (``kernels_vocab``).
     """
-    N, H = h_tilde.shape
+    N = h_tilde.shape[0]
     dt = h_tilde.dtype
     gemm(h_tilde, W_out.T, dlogits)                                   # logits for now
     picked = np.empty(N, dt)
     db_out = np.zeros(W_out.shape[0], dt)
     log_softmax_grad_rows(dlogits, b_out, labels, pad, count, picked, db_out)
     gemm(dlogits.T, h_tilde, dW_out)                                  # (V, H)
-    dh_tilde = gemm(dlogits, W_out, np.empty((N, H), dt))             # (N, H)
+    dh_tilde = gemm(dlogits, W_out)                                   # (N, H)
     return picked, dW_out, db_out, dh_tilde
 
 

@@ -111,8 +111,8 @@ def assert_only_blas_layouts(dispatcher):
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 def test_gemm_is_the_product_for_every_layout_and_calls_blas(layout):
-    """gemm gives A @ B for C-ordered operands, transposed views (F) and strided views,
-    and hands the kernel only C or F operands."""
+    """gemm gives A @ B, into the given out or a new array, for C-ordered operands,
+    transposed views (F) and strided views, and hands the kernel only C or F operands."""
     A, W = integer_operands(6, 10, 7, np.float64, seed=4)
     B = W.T                                                           # (10, 7), F-ordered
     if layout == "C":
@@ -123,6 +123,7 @@ def test_gemm_is_the_product_for_every_layout_and_calls_blas(layout):
     out = np.full((6, 7), np.nan)
     assert gemm(A, B, out) is out
     np.testing.assert_array_equal(out, A @ B)
+    np.testing.assert_array_equal(gemm(A, B), A @ B)                  # out allocated by gemm
     assert_only_blas_layouts(_gemm)
 
 
