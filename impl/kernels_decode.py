@@ -153,32 +153,38 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
     V = w.W_out.shape[0]
     M = 1 if K == 1 else min(2 * K, V)
     neg_inf = -np.inf
+    # Arrays are filled by loops, not np.full/np.zeros, and left empty where every entry is
+    # written before it is read (the histories up to the last step, the finished list up to
+    # n_fin): each NumPy constructor compiles its own library code per signature.
     src_row = np.empty(R, np.int64)
     h = np.empty((L, R, H), dt)
     c = np.empty((L, R, H), dt)
+    y = np.empty(R, np.int64)
+    beam_score = np.empty(R, dt)
     for r in range(R):
         src_row[r] = r // K
+        y[r] = bos
+        beam_score[r] = 0.0 if r % K == 0 else neg_inf                # one live beam at the start
         for k in range(L):
             for j in range(H):
                 h[k, r, j] = h0[k, r // K, j]
                 c[k, r, j] = c0[k, r // K, j]
     h_tilde = np.zeros((R, H), dt)
-    y = np.full(R, bos, np.int64)
-    beam_score = np.full(R, neg_inf, dt)
-    for b in range(B):
-        beam_score[b * K] = 0.0                                       # one live beam at the start
-    hist_tok = np.full((max_len, R), pad, np.int64)
-    hist_par = np.zeros((max_len, R), np.int64)
-    hist_att = np.zeros((max_len, R, S), dt)
+    hist_tok = np.empty((max_len, R), np.int64)                      # written at every step
+    hist_par = np.empty((max_len, R), np.int64)
+    hist_att = np.empty((max_len, R, S), dt)
     cap = 2 * K
-    fin_t = np.zeros((B, cap), np.int64)
-    fin_k = np.zeros((B, cap), np.int64)
-    fin_score = np.zeros((B, cap), dt)
-    n_fin = np.zeros(B, np.int64)
-    done = np.zeros(B, np.bool_)
+    fin_t = np.empty((B, cap), np.int64)                              # read below n_fin only
+    fin_k = np.empty((B, cap), np.int64)
+    fin_score = np.empty((B, cap), dt)
+    n_fin = np.empty(B, np.int64)
+    done = np.empty(B, np.bool_)
+    for b in range(B):
+        n_fin[b] = 0
+        done[b] = False
     gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, R, H, S, dt)
-    new_score = np.empty(R, dt)
-    new_par = np.zeros(R, np.int64)
+    new_score = np.empty(R, dt)                                       # every slot written each step
+    new_par = np.empty(R, np.int64)
     new_tok = np.empty(R, np.int64)
     cand_score = np.empty(K * M, dt)
     cand_k = np.empty(K * M, np.int64)
@@ -248,15 +254,20 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
             for k in range(L):                                        # element by element across layers)
                 copy1_(h[k, r], h_new[k, parent])
                 copy1_(c[k, r], c_new[k, parent])
-        if done.all():
+        n_done = 0
+        for b in range(B):
+            n_done += done[b]
+        if n_done == B:
             break
 
-    tokens = np.full((B, max_len), pad, np.int64)
-    lengths = np.zeros(B, np.int64)
-    scores = np.zeros(B, dt)
-    normalized = np.zeros(B, dt)
+    tokens = np.empty((B, max_len), np.int64)
+    lengths = np.empty(B, np.int64)                                   # these three: written for every b
+    scores = np.empty(B, dt)
+    normalized = np.empty(B, dt)
     attention = np.zeros((B, max_len, S), dt)
     for b in range(B):
+        for t in range(max_len):
+            tokens[b, t] = pad
         best_key = neg_inf
         best = -1                                                     # index into finished, or cap + slot
         for f in range(n_fin[b]):

@@ -143,9 +143,9 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
     H = H4 // 4
     S = keys.shape[1]
     dt = gates.dtype
-    one = np.ones(1, dt)[0]
+    one = dt.type(1)
     mode = w.mode
-    dz = np.zeros((L, T, B, 4 * H), dt)
+    dz = np.empty((L, T, B, 4 * H), dt)                              # every step writes all of dz[:, t]
     dpre = np.zeros((T, B, H), dt)
     de = np.zeros((T, B, S), dt)
     dctx = np.zeros((T, B, H), dt)
@@ -155,7 +155,8 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
     dh = np.zeros((L, B, H), dt)                                      # dL/dh_t per layer
     dc = np.zeros((L, B, H), dt)
     dc_prev = np.empty((B, H), dt)
-    dh_tilde_carry = np.zeros((B, H), dt)                             # from u_{t+1} (input feeding)
+    dh_tilde_carry = np.empty((B, H), dt)                             # from u_{t+1} (input feeding)
+    zero_(dh_tilde_carry)
     src_row = np.arange(B)
     for t in range(T - 1, -1, -1):
         dh_tilde = dh_tilde_out[t].copy()                             # (B, H)
