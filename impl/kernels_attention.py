@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_math import exp_, maximum_, tanh_
+from .kernels_matmul import matmul
 from .kernels_util import add_, copy_, kernel
 
 NONE, DOT, SCALED_DOT, GENERAL, CONCAT = 0, 1, 2, 3, 4
@@ -33,7 +34,7 @@ def project_keys(mode, keys, W_k):
     """keys_proj (B, S, H) = keys @ W_k^T for general/concat (one GEMM); an empty array otherwise."""
     B, S, H = keys.shape
     if mode == GENERAL or mode == CONCAT:
-        return (keys.reshape(B * S, H) @ W_k.T).reshape(B, S, H)
+        return matmul(keys.reshape(B * S, H), W_k.T).reshape(B, S, H)
     return np.empty((0, 0, 0), keys.dtype)
 
 
@@ -64,7 +65,7 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
     """
     R, H = query.shape
     if mode == CONCAT:
-        copy_(q_proj, query @ W_q.T)                                  # (R, H)
+        copy_(q_proj, matmul(query, W_q.T))                           # (R, H)
     for r in range(R):
         b = src_row[r]
         n = src_len[b]
@@ -134,7 +135,7 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
             for j in range(H):
                 dquery[r, j] += dq[j]
     if mode == CONCAT:
-        add_(dquery, dq_proj @ W_q)                                   # (R, H)
+        add_(dquery, matmul(dq_proj, W_q))                            # (R, H)
 
 
 @kernel
@@ -148,20 +149,20 @@ def attention_keys_backward(mode, a, de, dctx, query, keys, W_k, denom, dkeys_pr
     B, S, H = keys.shape
     dkeys = np.empty_like(keys)
     for b in range(B):
-        copy_(dkeys[b], a[b].T @ dctx[b])                             # ctx = sum_s a_s k_s
+        copy_(dkeys[b], matmul(a[b].T, dctx[b]))                      # ctx = sum_s a_s k_s
     if mode == DOT or mode == SCALED_DOT:
         for b in range(B):
-            dk = de[b].T @ query[b]                                   # e_s = h . k_s / denom
+            dk = matmul(de[b].T, query[b])                            # e_s = h . k_s / denom
             for s in range(S):
                 for j in range(H):
                     dkeys[b, s, j] += dk[s, j] / denom
     if mode == GENERAL:
         for b in range(B):
-            copy_(dkeys_proj[b], de[b].T @ query[b])                  # e_s = h . (W_a k_s)
+            copy_(dkeys_proj[b], matmul(de[b].T, query[b]))           # e_s = h . (W_a k_s)
     if mode == GENERAL or mode == CONCAT:
         dkp = dkeys_proj.reshape(B * S, H)
-        dW_k = dkp.T @ keys.reshape(B * S, H)                         # (H, H)
-        add_(dkeys.reshape(B * S, H), dkp @ W_k)
+        dW_k = matmul(dkp.T, keys.reshape(B * S, H))                  # (H, H)
+        add_(dkeys.reshape(B * S, H), matmul(dkp, W_k))
     else:
         dW_k = np.zeros((0, 0), keys.dtype)
     return dkeys, dW_k

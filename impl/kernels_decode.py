@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_decoder import decoder_step, layer0_preactivation
-from .kernels_matmul import mm_nt, products
+from .kernels_matmul import matmul, mm_nt, products
 from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, copy1_, copy_, inlined, kernel
 from .kernels_vocab import greedy_pick, n_blocks, top_log_probs
@@ -70,7 +70,7 @@ def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_p
                 u[r, E + j] = h_tilde_prev[r, j]
             for j in range(H):
                 u[r, E + F + j] = h_prev[0, r, j]
-        z0 = u @ W0.T                                                 # (R, 4H)
+        z0 = matmul(u, W0.T)                                          # (R, 4H)
         add_bias_(z0, w.dec_b[0])
     decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
                  gates, c, tanh_c, h, a, cat, q_proj, h_tilde)

@@ -21,7 +21,7 @@ import numpy as np
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
 from .kernels_math import tanh_
 from .kernels_lstm import input_projection, lstm_cell_backward, lstm_cell_forward
-from .kernels_matmul import gemm, mm_nt, products
+from .kernels_matmul import gemm, matmul, mm_nt, products
 from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, zero_
 
 
@@ -168,7 +168,7 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
             for b in range(B):
                 for j in range(H):
                     dpre[t, b, j] = dh_tilde[b, j] * (one - ht[b, j] * ht[b, j])
-            dcat = dpre[t] @ w.att_W_c                                # (B, 2H)
+            dcat = matmul(dpre[t], w.att_W_c)                         # (B, 2H)
             dquery = np.empty((B, H), dt)
             for b in range(B):
                 for j in range(H):
@@ -182,10 +182,10 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
             lstm_cell_backward(dh[k], dc[k], gates[t, k], c[t, k], tanh_c[t, k], dz[k, t], dc_prev)
             copy_(dc[k], dc_prev)
             if k > 0:
-                add_(dh[k - 1], dz[k, t] @ w.dec_W_ih_up[k - 1])
-            copy_(dh[k], dz[k, t] @ w.dec_W_hh[k])
+                add_(dh[k - 1], matmul(dz[k, t], w.dec_W_ih_up[k - 1]))
+            copy_(dh[k], matmul(dz[k, t], w.dec_W_hh[k]))
         if w.feeds:
-            dh_tilde_carry = dz[0, t] @ w.dec_W_feed
+            dh_tilde_carry = matmul(dz[0, t], w.dec_W_feed)
     return dz, dpre, de, dctx, dq_proj, dkeys_proj, dv_a, dh, dc
 
 

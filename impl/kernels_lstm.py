@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_math import sigmoid_, tanh_
-from .kernels_matmul import gemm, mm_nt
+from .kernels_matmul import gemm, matmul, mm_nt
 from .kernels_util import add_, add_bias_, column_sum, kernel, zero_
 
 
@@ -139,7 +139,7 @@ def lstm_layer_backward(W_hh, src_len, gates, c, tanh_c, dh_out, dh_last, dc_las
     for s in range(S - 1, -1, -1):
         add_(dh, dh_out[s])
         lstm_cell_backward(dh, dc, gates[s], c[s], tanh_c[s], dz[s], dc_prev)
-        dh_prev = dz[s] @ W_hh                                        # (B, H)
+        dh_prev = matmul(dz[s], W_hh)                                 # (B, H)
         for b in range(B):
             if s >= src_len[b]:                                       # frozen: identity
                 for j in range(H):

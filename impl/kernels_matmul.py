@@ -1,5 +1,6 @@
-"""Matrix products: training's batched GEMMs (``gemm``), and decoding's per-step
-products on register tiles over Numba's threads, or on BLAS (``mm_nt``).
+"""Matrix products: training's batched GEMMs (``gemm``, from Python), the kernels'
+own products (``matmul``), and decoding's per-step products on register tiles
+over Numba's threads, or on BLAS (``mm_nt``).
 
 A decoding step multiplies only R rows (the batch, or batch x beam) by each
 weight matrix, the generator's included. OpenBLAS runs such skinny products
@@ -58,6 +59,15 @@ def _blas_layout(x):
 def _gemm(A, B, out):
     np.dot(A, B, out)
     return out
+
+
+@kernel
+def matmul(A, B):
+    """A (M, K) @ B (K, N), both C- or F-ordered, as a new C-ordered array: the kernels'
+    matrix products, one BLAS call each. Written ``A @ B`` in every kernel, NumPy's product
+    was compiled again for each kernel and layout (0.2-0.3 s each per dtype); through
+    ``_gemm`` it is compiled once per layout."""
+    return _gemm(A, B, np.empty((A.shape[0], B.shape[1]), A.dtype))
 
 
 def use_tiles(rows: int, H: int) -> bool:
@@ -173,7 +183,7 @@ def _on_tiles(tiles, A, W):
 
 
 def _on_blas(tiles, A, W):
-    return A @ W.T
+    return matmul(A, W.T)
 
 
 def mm_nt(tiles, A, W):

@@ -15,7 +15,8 @@ import pytest
 
 import attnspec.impl.decode as decode_api
 from attnspec.impl.decode import beam_search, greedy_decode
-from attnspec.impl.kernels_matmul import ON_BLAS, ON_TILES, _gemm, gemm, mm_nt, one_pool, tiled_nt, use_tiles
+from attnspec.impl.kernels_matmul import (ON_BLAS, ON_TILES, _gemm, gemm, matmul, mm_nt, one_pool, tiled_nt,
+                                          use_tiles)
 from attnspec.impl.kernels_model import model_forward
 from attnspec.impl.model import init_params, pack_weights
 from attnspec.spec.config import Config
@@ -134,6 +135,29 @@ def test_the_layout_check_catches_a_strided_operand_passed_as_it_is():
         kernel(_strided_rows(np.eye(3)), np.eye(3), np.empty((3, 3)))
     with pytest.raises(AssertionError, match="specialised for"):
         assert_only_blas_layouts(kernel)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_is_the_product_for_c_and_f_operands(dtype):
+    """matmul (the kernels' products) gives A @ B as a new C-ordered array for every pairing
+    of C-ordered operands and transposed views."""
+    A, W = integer_operands(6, 10, 7, dtype, seed=5)
+    expected = A.astype(np.int64) @ W.astype(np.int64).T
+    for a in (A, np.asfortranarray(A)):
+        for b in (W.T, np.ascontiguousarray(W.T)):
+            out = matmul(a, b)
+            assert out.flags.c_contiguous and out.dtype == dtype
+            np.testing.assert_array_equal(out, expected)
+
+
+def test_a_strided_product_in_a_kernel_fails_the_suite():
+    """pyproject's filterwarnings makes Numba's performance warning an error: a kernel that
+    hands np.dot a strided operand (a slow loop, not BLAS) fails wherever the suite compiles it."""
+    kernel = numba.njit(_gemm.py_func)                                # a fresh copy: _gemm stays clean
+    # float32: Numba warns once per process and signature, and the test above compiles float64
+    A = _strided_rows(np.eye(3, dtype=np.float32))
+    with pytest.raises(numba.NumbaPerformanceWarning, match="contiguous"):
+        kernel(A, np.eye(3, dtype=np.float32), np.empty((3, 3), np.float32))
 
 
 @pytest.mark.parametrize("tiles", [ON_BLAS, ON_TILES])
