@@ -32,8 +32,9 @@ from attnspec.impl import model as M  # noqa: E402
 from attnspec.impl.kernels_attention import attention_backward, attention_forward  # noqa: E402
 from attnspec.impl.kernels_decoder import decoder_backward, decoder_forward  # noqa: E402
 from attnspec.impl.kernels_lstm import lstm_cell_backward, lstm_cell_forward  # noqa: E402
+from attnspec.impl.kernels_matmul import times  # noqa: E402
 from attnspec.impl.kernels_math import tanh_  # noqa: E402
-from attnspec.impl.kernels_model import (embed_backward, embed_time_major, encoder_backward,  # noqa: E402
+from attnspec.impl.kernels_model import (backward_transposes, embed_backward, embed_time_major, encoder_backward,  # noqa: E402
                                          encoder_forward, final_state, generator_loss_backward)
 from attnspec.impl.kernels_vocab import log_softmax_grad_rows  # noqa: E402
 
@@ -94,13 +95,21 @@ def cells_bwd(n, dh, dc, gates, c_prev, tanh_c, dz, dc_prev):
 
 
 @njit
-def rec_gemms_bwd(n, dz, W_hh, W_feed, dpre, W_c):
-    """Decoder backward step's products: dz @ W_hh, dz @ W_feed, dpre @ W_c."""
+def rec_gemms_bwd(n, dz, W_hh, W_hh_T, W_feed, W_feed_T, dpre, W_c, W_c_T):
+    """Decoder backward step's products: dz @ W_hh, dz @ W_feed, dpre @ W_c, as the
+    backward runs them (``times``: on the weights or through their transposes)."""
     for _ in range(n):
-        a = dz @ W_hh
-        b = dz @ W_feed
-        d = dpre @ W_c
+        a = times(dz, W_hh, W_hh_T)
+        b = times(dz, W_feed, W_feed_T)
+        d = times(dpre, W_c, W_c_T)
     return a, b, d
+
+
+@njit
+def enc_rec_gemm_bwd(n, dz, W_hh, W_hh_T):
+    for _ in range(n):
+        z = times(dz, W_hh, W_hh_T)
+    return z
 
 
 @njit
@@ -174,10 +183,11 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
     _, dW_out, db_out, dh_bt = generator()
     dh_tilde = np.ascontiguousarray(dh_bt.reshape(B, T, H).transpose(1, 0, 2))
     gates, c, tanh_c, h, a, cat, q_proj, h_tilde = dec
-    rows.append(("-", "decoder_backward", med(lambda: decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde), repeats)))
-    db = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde)
+    wT = backward_transposes(w)
+    rows.append(("-", "decoder_backward", med(lambda: decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde, *wT[1:]), repeats)))
+    db = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde, dh_tilde, *wT[1:])
     rows.append(("copies", "embed_backward (target)", med(lambda: embed_backward(db[0], y_in, np.zeros_like(w.emb_tgt)), repeats)))
-    rows.append(("-", "encoder_backward", med(lambda: encoder_backward(w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, db[10], db[11], db[12]), repeats)))
+    rows.append(("-", "encoder_backward", med(lambda: encoder_backward(w, wT[0], src, src_len, x, e_gates, e_c, e_tanh_c, e_h, db[10], db[11], db[12]), repeats)))
     g = M.model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_bt) + (dW_out, db_out)
     rows.append(("python", "unpack_grads + finiteness check", med(lambda: M._check_finite("profile", *M.unpack_grads(g, config).values()), repeats)))
 
@@ -203,7 +213,7 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
     rows += [
         ("attention", "dec bwd: attention_backward x T", med(lambda: attn_bwd(T, hq, keys, keys_proj, e0, np.zeros(0, dt), w.denom, src_row, src_len, np.zeros((B, H), dt), a[0], dpre, np.zeros((B, H), dt), np.zeros((B, S), dt), np.zeros((B, H), dt), np.zeros((B, S, H), dt), np.zeros(0, dt)), repeats)),
         ("recurrence", "dec bwd: LSTM cells x T", med(lambda: cells_bwd(T, dpre, dpre, dz, hq, hq, np.empty((B, 4 * H), dt), np.empty((B, H), dt)), repeats)),
-        ("recurrence", "dec bwd: dz W_hh, dz W_feed, dpre W_c x T", med(lambda: rec_gemms_bwd(T, dz, w.dec_W_hh[0], w.dec_W_feed, dpre, w.att_W_c), repeats)),
+        ("recurrence", "dec bwd: dz W_hh, dz W_feed, dpre W_c x T", med(lambda: rec_gemms_bwd(T, dz, w.dec_W_hh[0], wT[1][0], w.dec_W_feed, wT[3], dpre, w.att_W_c, wT[4]), repeats)),
     ]
     dZ = np.ascontiguousarray(gates[:, 0].reshape(T * B, 4 * H))
     hs = np.ascontiguousarray(h[:T, 0].reshape(T * B, H))
@@ -222,7 +232,7 @@ def profile(size: str, dtype: str, repeats: int) -> list[tuple[str, str, float]]
         ("GEMM big", "enc fwd: input projection (S*B, 4H)", med(lambda: mm_nt(x.reshape(S * B, E), w.enc_W_ih0), repeats)),
         ("recurrence", "enc fwd: recurrent GEMM x S", med(lambda: enc_rec_gemm(S, he, w.enc_W_hh[0]), repeats)),
         ("recurrence", "enc fwd: LSTM cells x S", med(lambda: cells_fwd(S, zb, he, *buf), repeats)),
-        ("recurrence", "enc bwd: LSTM cells x S + dz W_hh x S", med(lambda: (cells_bwd(S, dpre, dpre, dz, he, he, np.empty((B, 4 * H), dt), np.empty((B, H), dt)), enc_rec_gemm(S, dz, np.ascontiguousarray(w.enc_W_hh[0].T))), repeats)),
+        ("recurrence", "enc bwd: LSTM cells x S + dz W_hh x S", med(lambda: (cells_bwd(S, dpre, dpre, dz, he, he, np.empty((B, 4 * H), dt), np.empty((B, H), dt)), enc_rec_gemm_bwd(S, dz, w.enc_W_hh[0], wT[0][0])), repeats)),
         ("GEMM big", "enc bwd: dW_ih, dW_hh, dx (3 GEMMs over S*B rows)", med(lambda: (mm_tn(dZ, x.reshape(S * B, E)), mm_tn(dZ, hs), mm_nn(dZ, w.enc_W_ih0)), repeats)),
     ]
     rows.append(("total", "loss_and_grads (whole step)", total))

@@ -21,7 +21,7 @@ import numpy as np
 from .kernels_attention import CONCAT, NONE, attention_backward, attention_forward, attention_keys_backward
 from .kernels_math import tanh_
 from .kernels_lstm import input_projection, lstm_cell_backward, lstm_cell_forward
-from .kernels_matmul import gemm, matmul, mm_nt, products
+from .kernels_matmul import gemm, mm_nt, products, times
 from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, zero_
 
 
@@ -115,17 +115,20 @@ def decoder_loop(tiles, w, xw0, h0, c0, keys, keys_proj, src_len):
 
 
 def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj, h_tilde,
-                     dh_tilde_out):
+                     dh_tilde_out, W_hh_T, W_ih_up_T, W_feed_T, W_c_T):
     """Backpropagation through the T decoder steps.
 
-    dh_tilde_out (T, B, H): dL/dh~_t from the generator. Per step only the recurrent
+    dh_tilde_out (T, B, H): dL/dh~_t from the generator. W_hh_T ... W_c_T: the
+    transposes the step products multiply by, or empty (``kernels_model.backward_transposes``).
+    Per step only the recurrent
     work runs (``decoder_backward_loop``); the weight gradients are one GEMM each over
     all T*B rows afterwards (``decoder_grads``, ``decoder_keys_grads``).
     Returns (dy_emb (T, B, E), dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k,
     dv_a, dkeys (B, S, H), dh0, dc0 (L, B, H)).
     """
     dz, dpre, de, dctx, dq_proj, dkeys_proj, dv_a, dh0, dc0 = decoder_backward_loop(
-        w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q_proj, h_tilde, dh_tilde_out)
+        w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q_proj, h_tilde, dh_tilde_out,
+        W_hh_T, W_ih_up_T, W_feed_T, W_c_T)
     dy_emb, dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q = decoder_grads(w, y_emb, h, cat, h_tilde, dz,
                                                                              dpre, dq_proj)
     dW_k, dkeys = decoder_keys_grads(w, keys, h, a, de, dctx, dkeys_proj)
@@ -133,7 +136,8 @@ def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a,
 
 
 @kernel
-def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q_proj, h_tilde, dh_tilde_out):
+def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q_proj, h_tilde, dh_tilde_out,
+                          W_hh_T, W_ih_up_T, W_feed_T, W_c_T):
     """The recurrent part of ``decoder_backward``, step T down to 1.
 
     Returns dz (L, T, B, 4H), dpre (T, B, H) = dL/d(W_c [ctx; h]), de (T, B, S),
@@ -168,7 +172,7 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
             for b in range(B):
                 for j in range(H):
                     dpre[t, b, j] = dh_tilde[b, j] * (one - ht[b, j] * ht[b, j])
-            dcat = matmul(dpre[t], w.att_W_c)                         # (B, 2H)
+            dcat = times(dpre[t], w.att_W_c, W_c_T)                  # (B, 2H)
             dquery = np.empty((B, H), dt)
             for b in range(B):
                 for j in range(H):
@@ -182,10 +186,10 @@ def decoder_backward_loop(w, keys, keys_proj, src_len, gates, c, tanh_c, h, a, q
             lstm_cell_backward(dh[k], dc[k], gates[t, k], c[t, k], tanh_c[t, k], dz[k, t], dc_prev)
             copy_(dc[k], dc_prev)
             if k > 0:
-                add_(dh[k - 1], matmul(dz[k, t], w.dec_W_ih_up[k - 1]))
-            copy_(dh[k], matmul(dz[k, t], w.dec_W_hh[k]))
+                add_(dh[k - 1], times(dz[k, t], w.dec_W_ih_up[k - 1], W_ih_up_T[k - 1]))
+            copy_(dh[k], times(dz[k, t], w.dec_W_hh[k], W_hh_T[k]))
         if w.feeds:
-            dh_tilde_carry = matmul(dz[0, t], w.dec_W_feed)
+            dh_tilde_carry = times(dz[0, t], w.dec_W_feed, W_feed_T)
     return dz, dpre, de, dctx, dq_proj, dkeys_proj, dv_a, dh, dc
 
 

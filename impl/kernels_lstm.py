@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_math import sigmoid_, tanh_
-from .kernels_matmul import gemm, matmul, mm_nt
+from .kernels_matmul import gemm, mm_nt, times
 from .kernels_util import add_, add_bias_, column_sum, kernel, zero_
 
 
@@ -122,13 +122,14 @@ def lstm_layer_forward(tiles, xw, W_hh, src_len, gates, c, tanh_c, h):
 
 
 @kernel
-def lstm_layer_backward(W_hh, src_len, gates, c, tanh_c, dh_out, dh_last, dc_last):
+def lstm_layer_backward(W_hh, W_hh_T, src_len, gates, c, tanh_c, dh_out, dh_last, dc_last):
     """Backpropagation through time of ``lstm_layer_forward``: the recurrence only.
 
     dh_out (S, B, H): dL/dh_s from outside the recurrence (attention or the layer above),
     index s - 1 for step s. dh_last, dc_last (B, H): dL/d(h_S, c_S) (the decoder's
     initial state). Returns dz (S, B, 4H) = dL/d(pre-activations), for ``lstm_layer_grads``.
-    A frozen step passes its gradients straight to the previous state.
+    A frozen step passes its gradients straight to the previous state. W_hh_T: W_hh's
+    C-ordered transpose, or (0, 0) (``kernels_matmul.times``).
     """
     S, B, H4 = gates.shape
     H = H4 // 4
@@ -139,7 +140,7 @@ def lstm_layer_backward(W_hh, src_len, gates, c, tanh_c, dh_out, dh_last, dc_las
     for s in range(S - 1, -1, -1):
         add_(dh, dh_out[s])
         lstm_cell_backward(dh, dc, gates[s], c[s], tanh_c[s], dz[s], dc_prev)
-        dh_prev = matmul(dz[s], W_hh)                                 # (B, H)
+        dh_prev = times(dz[s], W_hh, W_hh_T)                          # (B, H)
         for b in range(B):
             if s >= src_len[b]:                                       # frozen: identity
                 for j in range(H):

@@ -198,6 +198,53 @@ def _mm_nt_jit(tiles, A, W):
     return _on_tiles if tiles.tiles else _on_blas
 
 
+# -- training's backward: products on the weights' transposes ---------------------------
+
+def nt_backward(dtype, H: int) -> bool:
+    """Whether training's backward multiplies each step's gradients by the recurrent
+    weights through their transposes (``times``): float32 with H >= 384.
+
+    The backward's step products are A (B, N) @ W (N, K) for W = W_hh, W_feed,
+    W_c, W_ih of the layers above. With W as it is, BLAS runs "NN"; through a
+    C-ordered copy of W^T seen transposed, "NT". Measured on the AVX-512 machine
+    with SciPy's OpenBLAS 0.3.30, the three products of a decoder step interleaved
+    in one process (docs/performance.md, session 13): in float32 NT takes 0.8x
+    the time of NN at H = 384, 0.6x at 512 and 0.5x at 1024, the same at 128-256
+    and 2.2x at 64; in float64 NN is the faster at every width. The two give
+    bitwise equal gradients at the benchmark's sizes.
+    """
+    return np.dtype(dtype) == np.float32 and H >= 384
+
+
+@njit(cache=True, error_model="numpy")
+def _transpose_into(W, out):
+    # In 32 x 32 blocks: a plain loop writes out with a stride of M and runs 5x slower,
+    # like NumPy's copy of W.T (9.5 against 1.9 ms for 2048 x 512 float32).
+    M, N = W.shape
+    for i0 in range(0, M, 32):
+        for j0 in range(0, N, 32):
+            for j in range(j0, min(j0 + 32, N)):
+                for i in range(i0, min(i0 + 32, M)):
+                    out[j, i] = W[i, j]
+
+
+def transposed(W):
+    """The C-ordered transpose of each matrix of W (..., M, N): a new (..., N, M) array."""
+    out = np.empty(W.shape[:-2] + (W.shape[-1], W.shape[-2]), W.dtype)
+    for index in np.ndindex(W.shape[:-2]):
+        _transpose_into(W[index], out[index])
+    return out
+
+
+@kernel
+def times(A, W, W_T):
+    """A (M, N) @ W (N, K) in one BLAS call: through W_T.T when W_T (K, N), W's C-ordered
+    transpose, is given (``nt_backward``), else on W itself (W_T of shape (0, 0))."""
+    if W_T.shape[0] == 0:
+        return matmul(A, W)
+    return matmul(A, W_T.T)
+
+
 # Start Numba's threading layer now. It registers the symbols that parallel code
 # links against; a kernel that calls ``tiled_nt``, loaded from Numba's cache in a
 # process where no parallel code has run yet, would otherwise crash (segfault).

@@ -29,7 +29,7 @@ import numpy as np
 from .kernels_attention import project_keys
 from .kernels_decoder import decoder_backward, decoder_forward
 from .kernels_lstm import input_projection, lstm_layer_backward, lstm_layer_forward, lstm_layer_grads
-from .kernels_matmul import gemm, products
+from .kernels_matmul import gemm, nt_backward, products, transposed
 from .kernels_util import copy_, kernel, swap01
 from .kernels_vocab import log_softmax_grad_rows, log_softmax_rows
 
@@ -153,15 +153,16 @@ def final_state(enc_c, enc_h):
     return h0, c0
 
 
-def encoder_backward(w, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, dc_final):
-    """Backward through the encoder stack, top layer first, into the source embeddings."""
+def encoder_backward(w, enc_W_hh_T, src, src_len, x, gates, c, tanh_c, h, dkeys, dh_final, dc_final):
+    """Backward through the encoder stack, top layer first, into the source embeddings.
+    enc_W_hh_T: see ``backward_transposes``."""
     L = w.enc_W_hh.shape[0]
     dW_hh = np.empty_like(w.enc_W_hh)
     dW_ih_up = np.empty_like(w.enc_W_ih_up)
     db = np.empty_like(w.enc_b)
     dh_out = swap01(dkeys)                                            # (S, B, H)
     for k in range(L - 1, -1, -1):
-        dz = lstm_layer_backward(w.enc_W_hh[k], src_len, gates[k], c[k], tanh_c[k], dh_out,
+        dz = lstm_layer_backward(w.enc_W_hh[k], enc_W_hh_T[k], src_len, gates[k], c[k], tanh_c[k], dh_out,
                                  dh_final[k], dc_final[k])
         if k > 0:
             dh_out, dW_ih_up[k - 1], dW_hh[k], db[k] = lstm_layer_grads(h[k - 1, 1:], w.enc_W_ih_up[k - 1],
@@ -203,11 +204,28 @@ def model_forward(w, src, src_len, y_in):
     return enc, y_emb, dec, h_tilde_bt
 
 
-def model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt):
+def backward_transposes(w):
+    """(enc_W_hh_T, dec_W_hh_T, dec_W_ih_up_T, dec_W_feed_T, att_W_c_T): C-ordered transposes
+    of the recurrent weights, which the backward's step products multiply by where
+    ``kernels_matmul.nt_backward`` (float32, wide layers); else empty (..., 0, 0)
+    arrays, and the backward multiplies by the weights as they are (``times``).
+
+    Not fields of ``Weights``: every kernel that takes ``Weights`` compiles its whole
+    tuple, and five more arrays there cost seconds of compilation per dtype.
+    """
+    weights = (w.enc_W_hh, w.dec_W_hh, w.dec_W_ih_up, w.dec_W_feed, w.att_W_c)
+    if nt_backward(w.emb_src.dtype, w.enc_W_hh.shape[2]):
+        return tuple(transposed(W) for W in weights)
+    return tuple(np.zeros(W.shape[:-2] + (0, 0), W.dtype) for W in weights)
+
+
+def model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt, transposes=None):
     """All gradients below the generator, given dL/dh~ (B*T, H) from ``generator_loss_backward``.
 
+    ``transposes``: ``backward_transposes(w)`` when not given.
     Returns the gradient tuple without the generator's (dW_out, db_out).
     """
+    enc_W_hh_T, *dec_T = backward_transposes(w) if transposes is None else transposes
     B, T = y_in.shape
     x, e_gates, e_c, e_tanh_c, e_h, keys, keys_proj = enc
     gates, c, tanh_c, h, a, cat, q_proj, h_tilde = dec
@@ -215,10 +233,10 @@ def model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh_tilde_bt):
     dh_tilde = swap01(dh_tilde_bt.reshape(B, T, H))              # (T, B, H)
     (dy_emb, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b, dW_c, dW_q, dW_k, dv_a, dkeys,
      dh0, dc0) = decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a, cat, q_proj,
-                                  h_tilde, dh_tilde)
+                                  h_tilde, dh_tilde, *dec_T)
     demb_tgt = embed_backward(dy_emb, y_in, np.zeros_like(w.emb_tgt))
     demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b = encoder_backward(
-        w, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, dkeys, dh0, dc0)
+        w, enc_W_hh_T, src, src_len, x, e_gates, e_c, e_tanh_c, e_h, dkeys, dh0, dc0)
     return (demb_src, d_enc_W_ih0, d_enc_W_ih_up, d_enc_W_hh, d_enc_b,
             demb_tgt, dW_emb, dW_feed, d_dec_W_ih_up, d_dec_W_hh, d_dec_b,
             dW_q, dW_k, dv_a, dW_c)

@@ -15,9 +15,9 @@ import pytest
 
 import attnspec.impl.decode as decode_api
 from attnspec.impl.decode import beam_search, greedy_decode
-from attnspec.impl.kernels_matmul import (ON_BLAS, ON_TILES, _gemm, gemm, matmul, mm_nt, one_pool, tiled_nt,
-                                          use_tiles)
-from attnspec.impl.kernels_model import model_forward
+from attnspec.impl.kernels_matmul import (ON_BLAS, ON_TILES, _gemm, gemm, matmul, mm_nt, nt_backward, one_pool,
+                                          tiled_nt, times, transposed, use_tiles)
+from attnspec.impl.kernels_model import backward_transposes, model_backward, model_forward
 from attnspec.impl.model import init_params, pack_weights
 from attnspec.spec.config import Config
 
@@ -189,6 +189,77 @@ def test_a_kernel_compiled_for_one_path_links_only_that_path(tiles):
 def test_mm_nt_in_a_kernel_rejects_a_plain_bool():
     with pytest.raises(numba.core.errors.TypingError, match="tiles must be ON_TILES or ON_BLAS"):
         numba.njit(lambda A, W: mm_nt(True, A, W))(np.eye(2), np.eye(2))
+
+
+# -- training's backward on the weights' transposes --------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_is_the_transpose_of_each_matrix(dtype):
+    """Shapes around the 32 x 32 blocks, a stack of matrices and an empty one."""
+    rng = np.random.default_rng(4)
+    for shape in ((1, 1), (31, 33), (64, 96), (70, 5), (3, 40, 33), (0, 8, 4)):
+        W = rng.standard_normal(shape).astype(dtype)
+        W_T = transposed(W)
+        assert W_T.flags.c_contiguous and W_T.dtype == dtype
+        np.testing.assert_array_equal(W_T, W.swapaxes(-1, -2), err_msg=f"{shape}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_times_is_the_product_on_w_or_its_transpose(dtype):
+    D, W = integer_operands(5, 7, 6, dtype, seed=7)                  # D (5, 7), W (6, 7)
+    W = np.ascontiguousarray(W.T)                                       # (7, 6): D @ W
+    expected = D.astype(np.int64) @ W.astype(np.int64)
+    np.testing.assert_array_equal(times(D, W, np.zeros((0, 0), dtype)), expected)
+    np.testing.assert_array_equal(times(D, W, transposed(W)), expected)
+
+
+def test_the_backward_takes_transposes_where_openblas_ran_them_faster():
+    assert nt_backward(np.float32, 384) and nt_backward(np.float32, 512) and nt_backward(np.float32, 1024)
+    assert not nt_backward(np.float32, 256) and not nt_backward(np.float32, 64)
+    assert not nt_backward(np.float64, 512) and not nt_backward(np.float64, 64)
+
+
+# backward_transposes' order
+_TRANSPOSES = ["enc_W_hh_T", "dec_W_hh_T", "dec_W_ih_up_T", "dec_W_feed_T", "att_W_c_T"]
+
+
+def _backward_both_ways(dtype, stale=None):
+    """model_backward's gradients with the step products on W and on W's transposes
+    (forced: at H = 7 ``backward_transposes`` gives none); ``stale`` names a transpose
+    to take from a 0.1%-perturbed weight instead."""
+    cfg = Config(V_src=11, V_tgt=13, E=5, H=7, L=2, score="concat", dtype=dtype)
+    params = init_params(cfg, 3)
+    src, src_len, tgt = _batch(np.random.default_rng(1))
+    y_in = np.ascontiguousarray(tgt[:, :-1])
+    w = pack_weights(params, cfg)
+    assert all(W_T.size == 0 for W_T in backward_transposes(w))
+    forced = tuple(transposed(getattr(w, name[:-2]) * (1.001 if name == stale else 1)) for name in _TRANSPOSES)
+    enc, y_emb, dec, h_tilde_bt = model_forward(w, src, src_len, y_in)
+    dh = np.cos(h_tilde_bt)                                             # any upstream gradient
+    return [model_backward(w, src, src_len, y_in, enc, y_emb, dec, dh, transposes=T_) for T_ in (None, forced)]
+
+
+def _assert_agree(results, dtype):
+    # H = 7: products of at most 4H = 28 terms, chained over T = 4 and S = 5 steps and 2
+    # layers, gradients up to ~6. Only the summation order may differ (measured: bitwise
+    # equal here and at the benchmark's sizes). 1e-13 is ~75 ulps of 6 in float64, 1e-5
+    # ~14 ulps in float32.
+    atol = 1e-13 if dtype == "float64" else 1e-5
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_backward_gives_the_same_gradients_on_the_transposes(dtype):
+    """Two layers, concat, input feeding: every step product of the backward, both ways."""
+    _assert_agree(_backward_both_ways(dtype), dtype)
+
+
+@pytest.mark.parametrize("stale", _TRANSPOSES)
+def test_the_transpose_check_catches_a_stale_transpose(stale):
+    """A transpose that is not its weight's changes the gradients: every one is used."""
+    with pytest.raises(AssertionError):
+        _assert_agree(_backward_both_ways("float64", stale), "float64")
 
 
 def test_one_pool_restores_the_blas_threads():
