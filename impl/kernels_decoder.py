@@ -118,11 +118,11 @@ def decoder_backward(w, y_emb, keys, keys_proj, src_len, gates, c, tanh_c, h, a,
                      dh_tilde_out, W_hh_T, W_ih_up_T, W_feed_T, W_c_T):
     """Backpropagation through the T decoder steps.
 
-    dh_tilde_out (T, B, H): dL/dh~_t from the generator. W_hh_T ... W_c_T: the
-    transposes the step products multiply by, or empty (``kernels_model.backward_transposes``).
-    Per step only the recurrent
-    work runs (``decoder_backward_loop``); the weight gradients are one GEMM each over
-    all T*B rows afterwards (``decoder_grads``, ``decoder_keys_grads``).
+    dh_tilde_out (T, B, H): dL/dh~_t from the generator. W_hh_T, W_ih_up_T, W_feed_T,
+    W_c_T: the transposes the step products multiply by, or empty arrays
+    (``kernels_model.backward_transposes``). Per step only the recurrent work runs
+    (``decoder_backward_loop``); the weight gradients are one GEMM each over all T*B
+    rows afterwards (``decoder_grads``, ``decoder_keys_grads``).
     Returns (dy_emb (T, B, E), dW_emb, dW_feed, dW_ih_up, dW_hh, db, dW_c, dW_q, dW_k,
     dv_a, dkeys (B, S, H), dh0, dc0 (L, B, H)).
     """
