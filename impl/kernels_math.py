@@ -14,7 +14,11 @@ a CPU without FMA instructions, where LLVM calls libm's ``fma``; only slower):
   float64) and 2^n written into exponent bits;
 - ``tanh``: an odd rational (float64) or polynomial (float32) near 0, where
   1 - 2 / (e^{2|x|} + 1) would cancel, and that formula beyond |x| = 0.625;
-- ``sigmoid`` = 1 / (1 + e^{-x}).
+- ``sigmoid`` = 1 / (1 + e^{-x});
+- ``exp_nonpos``: exp for x <= 0 with one exponent factor and no clamps,
+  flushing results below e^-87 (float32) / e^-708 (float64) to 0: the terms of a
+  softmax sum shifted by its maximum (``kernels_vocab.log_sum_exp_shifted``),
+  where the flushed terms cannot reach the sum's bits; ``exp``'s bits above.
 
 Their errors against the correctly rounded result are measured in
 tests/test_impl_kernels.py (at most 2.15 ulp in float32 and 1.79 in float64,
@@ -22,7 +26,7 @@ both for the sigmoid). float64 results therefore differ from libm's in the
 last bit or two of some entries, far below the tolerances that tie the
 implementation to the oracle (docs/implementation.md, "Transcendentals").
 
-``exp_``, ``tanh_`` and ``sigmoid_`` dispatch on the argument's type when
+``exp_``, ``exp_nonpos_``, ``tanh_`` and ``sigmoid_`` dispatch on the argument's type when
 compiled (``numba.extending.overload``) and at run time when Numba's JIT is
 disabled, so both modes run the same formulas.
 """
@@ -50,6 +54,7 @@ _TANH_P = tuple(np.float32(c) for c in (-5.70498872745e-3, 2.06390887954e-2, -5.
 _X_MIN = np.float32(-104.0)               # below: e^x rounds to 0 (half the smallest subnormal)
 _X_MAX = np.float32(88.72283935546875)    # above: e^x > the largest float32
 _INF32 = np.float32(np.inf)
+_NONPOS_MIN = np.float32(-87.0)           # expf_nonpos: e^x below e^-87 is flushed to 0
 _ONE32 = np.float32(1.0)
 _TWO32 = np.float32(2.0)
 
@@ -196,15 +201,40 @@ def expf(x):
         n = np.float32(-150.0)
     if n > np.float32(128.0):
         n = np.float32(128.0)
-    r = fma_(-n, _LN2_LO, fma_(-n, _LN2_HI, x))
-    P = _EXP_P
-    p = fma_(fma_(fma_(fma_(fma_(P[0], r, P[1]), r, P[2]), r, P[3]), r, P[4]), r, P[5])
-    p = fma_(p, r * r, r) + _ONE32        # NaN x gives NaN r and NaN p
+    p = _expf_reduced(fma_(-n, _LN2_LO, fma_(-n, _LN2_HI, x)))    # NaN x gives NaN r and NaN p
     k = np.int32(n)
     k1 = k >> np.int32(1)
     e = (p * float32_from_bits((k1 + np.int32(127)) << np.int32(23))) \
         * float32_from_bits((k - k1 + np.int32(127)) << np.int32(23))
     return _INF32 if x > _X_MAX else e
+
+
+@njit(cache=True, error_model="numpy")
+def _expf_reduced(r):
+    """e^r for a float32 |r| <= ln2 / 2: Cephes' minimax polynomial, Horner in fused steps."""
+    P = _EXP_P
+    p = fma_(fma_(fma_(fma_(fma_(P[0], r, P[1]), r, P[2]), r, P[3]), r, P[4]), r, P[5])
+    return fma_(p, r * r, r) + _ONE32
+
+
+@njit(cache=True, error_model="numpy")
+def expf_nonpos(x):
+    """exp(x) for a float32 x <= 0 (or NaN), as ``expf`` where x >= -87 and 0 below.
+
+    For the sums of a softmax row shifted by its maximum (``kernels_vocab``): their
+    terms are at most 1, one of them exactly 1, and those below e^-87 = 1.6e-38
+    add less than V * 1.6e-38 to the sum, while half an ulp of 1 is 6e-8. (A
+    partial sum that small is lost against the 1; only one that lands exactly on a
+    rounding midpoint could carry a flushed term's trace into the last bit.) The
+    domain lets 2^n be one exponent factor, normal since n >= -126, and drops
+    ``expf``'s clamps: ``expf``'s bits on [-87, 0], in fewer operations. x > 0 is
+    outside the contract.
+    """
+    xn = x if x >= _NONPOS_MIN else _NONPOS_MIN   # NaN -> the bound: the int conversion stays defined
+    n = np.floor(xn * _LOG2E + np.float32(0.5))
+    e = _expf_reduced(fma_(-n, _LN2_LO, fma_(-n, _LN2_HI, x))) \
+        * float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    return np.float32(0.0) if x < _NONPOS_MIN else e                     # NaN x: NaN r and e
 
 
 @njit(cache=True, error_model="numpy")
@@ -260,20 +290,40 @@ def expd(x):
         n = -1076.0
     if n > 1024.0:
         n = 1024.0
-    r = fma_(-n, _LN2_LO_D, fma_(-n, _LN2_HI_D, x))
+    p = _expd_reduced(fma_(-n, _LN2_LO_D, fma_(-n, _LN2_HI_D, x)))   # NaN x gives NaN r and NaN p
+    n1 = np.floor(n * 0.5)
+    k1 = float64_bits(n1 + _SHIFTER_D) - _SHIFTER_D_BITS                # the int64 n1, exactly
+    k2 = float64_bits((n - n1) + _SHIFTER_D) - _SHIFTER_D_BITS
+    e = (p * float64_from_bits((k1 + 1023) << 52)) * float64_from_bits((k2 + 1023) << 52)
+    return np.inf if x > 709.782712893384 else e
+
+
+@njit(cache=True, error_model="numpy")
+def _expd_reduced(r):
+    """e^r for a float64 |r| <= ln2 / 2: its Taylor series to degree 13, Estrin's scheme."""
     c = _INV_FACT
     r2 = r * r
     r4 = r2 * r2
     s0 = fma_(fma_(c[5], r, c[4]), r2, fma_(c[3], r, c[2]))          # c2 + ... + c5 r^3
     s1 = fma_(fma_(c[9], r, c[8]), r2, fma_(c[7], r, c[6]))          # c6 + ... + c9 r^3
     s2 = fma_(fma_(c[13], r, c[12]), r2, fma_(c[11], r, c[10]))      # c10 + ... + c13 r^3
-    p = fma_(fma_(s2, r4, s1), r4, s0)
-    p = fma_(p, r2, r) + 1.0              # NaN x gives NaN r and NaN p
-    n1 = np.floor(n * 0.5)
-    k1 = float64_bits(n1 + _SHIFTER_D) - _SHIFTER_D_BITS                # the int64 n1, exactly
-    k2 = float64_bits((n - n1) + _SHIFTER_D) - _SHIFTER_D_BITS
-    e = (p * float64_from_bits((k1 + 1023) << 52)) * float64_from_bits((k2 + 1023) << 52)
-    return np.inf if x > 709.782712893384 else e
+    return fma_(fma_(fma_(s2, r4, s1), r4, s0), r2, r) + 1.0
+
+
+@njit(cache=True, error_model="numpy")
+def expd_nonpos(x):
+    """exp(x) for a float64 x <= 0 (or NaN), as ``expd`` where x >= -708 and 0 below.
+
+    ``expf_nonpos``'s contract in float64: terms below e^-708 = 3.3e-308 add less
+    than V * 3.3e-308 to the sum of a shifted softmax row, against half an ulp of 1,
+    1.1e-16; one exponent factor (n >= -1022), no clamps; ``expd``'s bits on
+    [-708, 0], in fewer operations.
+    """
+    xn = x if x >= -708.0 else -708.0     # NaN -> the bound: n and its bits stay defined
+    n = np.floor(xn * 1.4426950408889634 + 0.5)
+    k = float64_bits(n + _SHIFTER_D) - _SHIFTER_D_BITS                  # the int64 n, exactly
+    e = _expd_reduced(fma_(-n, _LN2_LO_D, fma_(-n, _LN2_HI_D, x))) * float64_from_bits((k + 1023) << 52)
+    return 0.0 if x < -708.0 else e       # NaN x: NaN r and e
 
 
 def _tanhd(x):
@@ -306,6 +356,12 @@ def exp_(x):
     return expf(x) if isinstance(x, np.float32) else expd(x)
 
 
+def exp_nonpos_(x):
+    """e^x for x <= 0, flushed to 0 below e^-87 / e^-708: ``expf_nonpos`` for a float32,
+    ``expd_nonpos`` otherwise."""
+    return expf_nonpos(x) if isinstance(x, np.float32) else expd_nonpos(x)
+
+
 def tanh_(x):
     """tanh(x): ``tanhf`` for a float32, ``tanhd`` otherwise."""
     return tanhf(x) if isinstance(x, np.float32) else tanhd(x)
@@ -325,6 +381,13 @@ def _exp_jit(x):
     if _is_float32(x):
         return lambda x: expf(x)
     return lambda x: expd(x)
+
+
+@overload(exp_nonpos_)
+def _exp_nonpos_jit(x):
+    if _is_float32(x):
+        return lambda x: expf_nonpos(x)
+    return lambda x: expd_nonpos(x)
 
 
 def _inline_float64(expr, caller, callee):

@@ -10,17 +10,17 @@ result), writes its result in place or into one reused scratch row, and never
 materialises log p, p and dL/dx as three separate (N, V) arrays: at the sizes
 of issue 7 these are 50-60 MB each and their traffic cost more than the exps.
 
-``exp_shifted_sum`` and ``log_sum_exp_shifted`` call ``kernels_math.exp_`` in
-a loop that LLVM vectorises and sum in 16 interleaved partial sums (``sum16``):
-about 3x faster over a row than libm's ``exp`` one element at a time and one
-running sum.
+``exp_shifted_sum`` and ``log_sum_exp_shifted`` call ``kernels_math.exp_``
+(``exp_nonpos_`` where only the sum is kept) in a loop that LLVM vectorises
+and sum in 16 interleaved partial sums (``sum16``): about 3x faster over a row
+than libm's ``exp`` one element at a time and one running sum.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .kernels_math import exp_, maximum_
+from .kernels_math import exp_, exp_nonpos_, maximum_
 from .kernels_util import kernel
 
 
@@ -74,9 +74,14 @@ def add_bias_max(x, bias):
 
 @kernel
 def log_sum_exp_shifted(x, m, scratch):
-    """log(sum_v exp(x_v - m)) for a row x (V,), x untouched (exps in scratch (V,))."""
+    """log(sum_v exp(x_v - m)) for a row x (V,) whose maximum is m, x untouched (exps in scratch (V,)).
+
+    The terms come from ``exp_nonpos_``, which flushes those below e^-87 (float32)
+    or e^-708 (float64) to 0: with m the maximum, one term is exactly 1, and the sum
+    is bitwise the one ``exp_`` gives (tests/test_impl_kernels.py).
+    """
     for v in range(x.shape[0]):           # vectorised: scratch is not x, so LLVM's overlap test passes
-        scratch[v] = exp_(x[v] - m)
+        scratch[v] = exp_nonpos_(x[v] - m)
     return np.log(sum16(scratch))
 
 

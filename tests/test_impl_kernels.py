@@ -12,10 +12,10 @@ import numba
 import numpy as np
 import pytest
 
-from attnspec.impl.kernels_math import exp_, expf, fma_, maximum_, sigmoid_, tanh_, tanhf
+from attnspec.impl.kernels_math import exp_, exp_nonpos_, expf, fma_, maximum_, sigmoid_, tanh_, tanhf
 from attnspec.impl.kernels_util import kernel
 from attnspec.impl.kernels_vocab import (add_bias_max, exp_shifted_sum, greedy_pick, log_softmax_grad_rows,
-                                         log_softmax_rows, n_blocks, top_log_probs)
+                                         log_softmax_rows, log_sum_exp_shifted, n_blocks, sum16, top_log_probs)
 
 F32 = np.float32
 
@@ -252,6 +252,111 @@ def _log_softmax64(x):
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     return (x - m) - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+# -- exp on x <= 0 for the sums of shifted rows ---------------------------------------------
+
+@kernel
+def _map_exp_nonpos(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_nonpos_(x[i])
+
+
+@kernel
+def _lse_with_exp(x, m, scratch):
+    """log_sum_exp_shifted as it was before exp_nonpos_: every term from exp_."""
+    for v in range(x.shape[0]):
+        scratch[v] = exp_(x[v] - m)
+    return np.log(sum16(scratch))
+
+
+NONPOS_BOUND = {"float32": -87.0, "float64": -708.0}
+
+
+def exp_nonpos_mismatches(x, got, bound):
+    """Entries of x <= 0 where got is not exp_'s bits (x >= bound), not 0 (x < bound) or not NaN (NaN)."""
+    want = np.empty_like(x)
+    _map_exp(x, want)
+    want = np.where(x < bound, 0, want)
+    same = (got.view(f"i{x.itemsize}") == want.astype(x.dtype).view(f"i{x.itemsize}")) | (np.isnan(got) & np.isnan(x))
+    return x[~same]
+
+
+def _nonpos_sweep(dtype):
+    bound = NONPOS_BOUND[dtype]
+    rng = np.random.default_rng(11)
+    return np.concatenate([np.linspace(bound, 0, 400_001), rng.uniform(bound, 0, 100_000),
+                           np.linspace(bound - 40, bound, 4_001), -np.geomspace(1e-30, 1.0, 2_001),
+                           [np.nextafter(bound, 0), bound, np.nextafter(bound, -np.inf), -0.0, 0.0,
+                            -np.inf, np.nan, -1e30]]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exp_nonpos_is_exp_down_to_its_bound_and_zero_below(dtype):
+    """Bitwise exp_ on [bound, 0] (the subnormal results of float32 included), 0 below, NaN kept."""
+    x = _nonpos_sweep(dtype)
+    got = np.empty_like(x)
+    _map_exp_nonpos(x, got)
+    assert got.dtype == x.dtype
+    assert exp_nonpos_mismatches(x, got, NONPOS_BOUND[dtype]).size == 0
+    python = np.array([exp_nonpos_(v) for v in x[::997]], dtype)     # NUMBA_DISABLE_JIT runs the same formula
+    assert exp_nonpos_mismatches(x[::997], python, NONPOS_BOUND[dtype]).size == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_exp_nonpos_check_rejects_libm_and_a_missing_flush(dtype):
+    """The comparison above can fail: libm's exp differs in last bits and does not flush."""
+    x = _nonpos_sweep(dtype)
+    with np.errstate(under="ignore"):
+        libm = np.exp(x)
+    assert exp_nonpos_mismatches(x, libm, NONPOS_BOUND[dtype]).size > 0
+    own = np.empty_like(x)
+    _map_exp(x, own)                                                 # exact bits, but no flush
+    assert (exp_nonpos_mismatches(x, own, NONPOS_BOUND[dtype]) < NONPOS_BOUND[dtype]).any()
+
+
+def _adversarial_rows(dtype, V, rng):
+    """Rows whose terms crowd the flush bound: a few near the maximum, the rest around and below it."""
+    bound = NONPOS_BOUND[dtype]
+    rows = [rng.standard_normal(V) * 10.0 ** rng.uniform(0, 3, V), rng.uniform(2 * bound, 0, V),
+            rng.uniform(bound - 30, bound + 30, V), np.full(V, bound - 1.0),
+            np.where(rng.random(V) < 0.1, rng.uniform(bound + 20, 0, V), rng.uniform(bound - 20, bound, V))]
+    for row in rows:
+        row[rng.integers(V)] = 0.0                                   # the maximum: one term is exactly 1
+        yield (row + rng.uniform(-50, 50)).astype(dtype)
+
+
+@pytest.mark.parametrize("V", [1, 7, 16, 33, 1000, 1003])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_log_sum_exp_shifted_is_bitwise_the_sum_of_unflushed_exps(V, dtype):
+    """Terms flushed to 0 (below e^-87 / e^-708, against a 1 in the same sum) leave every bit of the result."""
+    rng = np.random.default_rng(V)
+    scratch = np.empty(V, dtype)
+    for _ in range(40):
+        for row in _adversarial_rows(dtype, V, rng):
+            m = row.max()
+            assert log_sum_exp_shifted(row, m, scratch) == _lse_with_exp(row, m, scratch)
+
+
+@kernel
+def _lse_flushing_at(x, m, scratch, cut):
+    for v in range(x.shape[0]):
+        d = x[v] - m
+        scratch[v] = 0.0 if d < cut else exp_(d)
+    return np.log(sum16(scratch))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_bitwise_lse_check_rejects_a_flush_at_e_minus_20(dtype):
+    """The comparison above can fail: dropping the terms below e^-20 changes the sums' last bits."""
+    rng = np.random.default_rng(5)
+    scratch = np.empty(1000, dtype)
+    differ = 0
+    for _ in range(20):
+        row = (rng.standard_normal(1000) * 8).astype(dtype)
+        m = row.max()
+        differ += _lse_flushing_at(row, m, scratch, -20.0) != _lse_with_exp(row, m, scratch)
+    assert differ > 0
 
 
 @pytest.mark.parametrize("V", [1, 5, 16, 17, 100, 1000])
