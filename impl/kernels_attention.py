@@ -45,11 +45,11 @@ def masked_softmax(scores, a):
     m = scores[0]
     for s in range(1, n):                  # as scores.max() (NaN included), without its library code
         m = maximum_(m, scores[s])
+    for s in range(n):                     # apart from the sum: a loop with a reduction stays scalar
+        a[s] = exp_(scores[s] - m)
     total = a.dtype.type(0)
     for s in range(n):
-        w = exp_(scores[s] - m)
-        a[s] = w
-        total += w
+        total += a[s]
     for s in range(n):
         a[s] = a[s] / total
     for s in range(n, a.shape[0]):
