@@ -57,6 +57,14 @@ def masked_softmax(scores, a):
 
 
 @kernel
+def concat_tanh(q_proj_r, keys_proj_s, u):
+    """u (H,) = tanh(q_proj_r + keys_proj_s): the concat score's hidden layer for one key,
+    in a loop of its own, which LLVM vectorises (inside a reduction the tanh stayed scalar)."""
+    for j in range(u.shape[0]):
+        u[j] = tanh_(q_proj_r[j] + keys_proj_s[j])
+
+
+@kernel
 def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, src_len, q_proj, a, ctx):
     """Scores, masked softmax and context for every query row.
 
@@ -64,6 +72,7 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
     a (R, S) and ctx (R, H).
     """
     R, H = query.shape
+    u = np.empty(H if mode == CONCAT else 0, query.dtype)
     if mode == CONCAT:
         copy_(q_proj, matmul(query, W_q.T))                           # (R, H)
     for r in range(R):
@@ -73,9 +82,10 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
         if mode == CONCAT:
             scores = np.empty(n, query.dtype)
             for s in range(n):
+                concat_tanh(q_proj[r], keys_proj[b, s], u)
                 acc = query.dtype.type(0)
                 for j in range(H):
-                    acc += v_a[j] * tanh_(q_proj[r, j] + keys_proj[b, s, j])
+                    acc += v_a[j] * u[j]
                 scores[s] = acc
         elif mode == GENERAL:
             scores = keys_proj[b, :n] @ query[r]                      # (n,)
@@ -103,6 +113,7 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
     """
     R, H = query.shape
     one = query.dtype.type(1)
+    u = np.empty(H if mode == CONCAT else 0, query.dtype)
     for r in range(R):
         b = src_row[r]
         n = src_len[b]
@@ -119,10 +130,10 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
             for j in range(H):
                 dq_proj[r, j] = 0.0
             for s in range(n):
+                concat_tanh(q_proj[r], keys_proj[b, s], u)
                 for j in range(H):
-                    u = tanh_(q_proj[r, j] + keys_proj[b, s, j])
-                    dv_a[j] += de[r, s] * u
-                    g = de[r, s] * v_a[j] * (one - u * u)
+                    dv_a[j] += de[r, s] * u[j]
+                    g = de[r, s] * v_a[j] * (one - u[j] * u[j])
                     dq_proj[r, j] += g
                     dkeys_proj[b, s, j] += g
         else:
