@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_math import exp_, maximum_, tanh_
-from .kernels_matmul import matmul
+from .kernels_matmul import matmul, rows_dot
 from .kernels_util import add_, copy_, kernel
 
 NONE, DOT, SCALED_DOT, GENERAL, CONCAT = 0, 1, 2, 3, 4
@@ -57,6 +57,22 @@ def masked_softmax(scores, a):
 
 
 @kernel
+def weighted_rows(weights, rows, n, out):
+    """out (H,) = sum_{s < n} weights[s] rows[s] for rows (S, H), added in the order of s.
+
+    The context vector and dL/dquery of one query row: in its own loop over H
+    (vectorised), where NumPy's ``weights[:n] @ rows[:n]`` made a BLAS call and a new
+    array per query row.
+    """
+    for j in range(out.shape[0]):
+        out[j] = 0.0
+    for s in range(n):
+        w = weights[s]
+        for j in range(out.shape[0]):
+            out[j] += w * rows[s, j]
+
+
+@kernel
 def concat_tanh(q_proj_r, keys_proj_s, u):
     """u (H,) = tanh(q_proj_r + keys_proj_s): the concat score's hidden layer for one key,
     in a loop of its own, which LLVM vectorises (inside a reduction the tanh stayed scalar)."""
@@ -73,14 +89,14 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
     """
     R, H = query.shape
     u = np.empty(H if mode == CONCAT else 0, query.dtype)
+    row = np.empty(keys.shape[1], query.dtype)
     if mode == CONCAT:
         copy_(q_proj, matmul(query, W_q.T))                           # (R, H)
     for r in range(R):
         b = src_row[r]
         n = src_len[b]
-        K = keys[b, :n]                                               # (n, H)
+        scores = row[:n]
         if mode == CONCAT:
-            scores = np.empty(n, query.dtype)
             for s in range(n):
                 concat_tanh(q_proj[r], keys_proj[b, s], u)
                 acc = query.dtype.type(0)
@@ -88,15 +104,13 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
                     acc += v_a[j] * u[j]
                 scores[s] = acc
         elif mode == GENERAL:
-            scores = keys_proj[b, :n] @ query[r]                      # (n,)
+            rows_dot(keys_proj[b], n, query, r, scores)
         else:
-            scores = K @ query[r]                                     # (n,)
+            rows_dot(keys[b], n, query, r, scores)
             for s in range(n):
                 scores[s] = scores[s] / denom
         masked_softmax(scores, a[r])
-        ctx_r = a[r, :n] @ K                                          # (H,)
-        for j in range(H):
-            ctx[r, j] = ctx_r[j]
+        weighted_rows(a[r], keys[b], n, ctx[r])
 
 
 @kernel
@@ -114,11 +128,12 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
     R, H = query.shape
     one = query.dtype.type(1)
     u = np.empty(H if mode == CONCAT else 0, query.dtype)
+    da = np.empty(keys.shape[1], query.dtype)
+    dq = np.empty(H, query.dtype)
     for r in range(R):
         b = src_row[r]
         n = src_len[b]
-        K = keys[b, :n]                                               # (n, H)
-        da = K @ dctx[r]                                              # (n,)
+        rows_dot(keys[b], n, dctx, r, da)
         mean = query.dtype.type(0)
         for s in range(n):
             mean += a[r, s] * da[s]
@@ -137,10 +152,8 @@ def attention_backward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, s
                     dq_proj[r, j] += g
                     dkeys_proj[b, s, j] += g
         else:
-            if mode == GENERAL:
-                dq = de[r, :n] @ keys_proj[b, :n]                     # (H,)
-            else:
-                dq = de[r, :n] @ K
+            weighted_rows(de[r], keys_proj[b] if mode == GENERAL else keys[b], n, dq)
+            if mode != GENERAL:
                 for j in range(H):
                     dq[j] = dq[j] / denom
             for j in range(H):

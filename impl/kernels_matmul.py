@@ -81,11 +81,24 @@ def use_tiles(rows: int, H: int) -> bool:
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _dot(A, b, W, j):
+def row_dot(A, b, W, j):
+    """A[b] . W[j] for rows of A (M, K) and W (N, K), summed in vector lanes (``_FAST``):
+    an order fixed by K and the CPU's vector width, the error bound of any order."""
     s = A.dtype.type(0)
     for k in range(A.shape[1]):
         s += A[b, k] * W[j, k]
     return s
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def rows_dot(A, n, W, j, out):
+    """out[i] = A[i] . W[j] for the first n rows of A (M, K), summed as ``row_dot`` sums:
+    the attention scores of one query row W[j] against n keys, in one call."""
+    for i in range(n):
+        s = A.dtype.type(0)
+        for k in range(A.shape[1]):
+            s += A[i, k] * W[j, k]
+        out[i] = s
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
@@ -118,10 +131,10 @@ def tiled_nt(A, W, out):
             out[b + 3, j], out[b + 3, j + 1], out[b + 3, j + 2], out[b + 3, j + 3] = s30, s31, s32, s33
         for b in range(M4, M):
             for jj in range(j, j + 4):
-                out[b, jj] = _dot(A, b, W, jj)
+                out[b, jj] = row_dot(A, b, W, jj)
     for j in range(N4, N):
         for b in range(M):
-            out[b, j] = _dot(A, b, W, j)
+            out[b, j] = row_dot(A, b, W, j)
 
 
 class Products:

@@ -15,8 +15,9 @@ import pytest
 
 import attnspec.impl.decode as decode_api
 from attnspec.impl.decode import beam_search, greedy_decode
+from attnspec.impl.kernels_attention import weighted_rows
 from attnspec.impl.kernels_matmul import (ON_BLAS, ON_TILES, _gemm, gemm, matmul, mm_nt, nt_backward, one_pool,
-                                          tiled_nt, times, transposed, use_tiles)
+                                          rows_dot, tiled_nt, times, transposed, use_tiles)
 from attnspec.impl.kernels_model import backward_transposes, model_backward, model_forward
 from attnspec.impl.model import init_params, pack_weights
 from attnspec.spec.config import Config
@@ -211,6 +212,40 @@ def test_times_is_the_product_on_w_or_its_transpose(dtype):
     expected = D.astype(np.int64) @ W.astype(np.int64)
     np.testing.assert_array_equal(times(D, W, np.zeros((0, 0), dtype)), expected)
     np.testing.assert_array_equal(times(D, W, transposed(W)), expected)
+
+
+# -- the attention's per-row products (rows_dot, weighted_rows) ---------------------------------
+# Keys past src_len are NaN here: a product that read one would turn NaN.
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_dot_is_the_product_of_the_first_n_rows(n, dtype):
+    A, W = integer_operands(7, 33, 3, dtype)
+    A[n:] = np.nan
+    out = np.full(7, -1.0, dtype)
+    rows_dot(A, n, W, 2, out)
+    np.testing.assert_array_equal(out[:n], A[:n].astype(np.int64) @ W[2].astype(np.int64))
+    assert (out[n:] == -1).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weighted_rows_is_the_weighted_sum_of_the_first_n_rows(n, dtype):
+    rows, weights = integer_operands(7, 33, 1, dtype)[0], np.arange(-3, 5).astype(dtype)
+    rows[n:] = np.nan
+    weights[n:] = np.nan
+    out = np.full(33, np.nan, dtype)
+    weighted_rows(weights, rows, n, out)
+    np.testing.assert_array_equal(out, weights[:n].astype(np.int64) @ rows[:n].astype(np.int64))
+
+
+def test_the_row_product_checks_catch_a_read_past_n():
+    """The two tests above can fail: the full product reads the NaN rows."""
+    A, W = integer_operands(7, 33, 3, "float64")
+    A[5:] = np.nan
+    out = np.empty(7)
+    rows_dot(A, 7, W, 2, out)
+    assert np.isnan(out[5:]).all()
 
 
 def test_the_backward_takes_transposes_where_openblas_ran_them_faster():
