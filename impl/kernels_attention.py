@@ -89,13 +89,13 @@ def attention_forward(mode, query, keys, keys_proj, W_q, v_a, denom, src_row, sr
     """
     R, H = query.shape
     u = np.empty(H if mode == CONCAT else 0, query.dtype)
-    row = np.empty(keys.shape[1], query.dtype)
+    score_row = np.empty(keys.shape[1], query.dtype)
     if mode == CONCAT:
         copy_(q_proj, matmul(query, W_q.T))                           # (R, H)
     for r in range(R):
         b = src_row[r]
         n = src_len[b]
-        scores = row[:n]
+        scores = score_row[:n]
         if mode == CONCAT:
             for s in range(n):
                 concat_tanh(q_proj[r], keys_proj[b, s], u)

@@ -1,6 +1,7 @@
 """Matrix products: training's batched GEMMs (``gemm``, from Python), the kernels'
-own products (``matmul``), and decoding's per-step products on register tiles
-over Numba's threads, or on BLAS (``mm_nt``).
+own products (``matmul``), decoding's per-step products on register tiles
+over Numba's threads, or on BLAS (``mm_nt``), and the attention's dot products
+of one query row (``rows_dot``).
 
 A decoding step multiplies only R rows (the batch, or batch x beam) by each
 weight matrix, the generator's included. OpenBLAS runs such skinny products
@@ -93,7 +94,9 @@ def row_dot(A, b, W, j):
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def rows_dot(A, n, W, j, out):
     """out[i] = A[i] . W[j] for the first n rows of A (M, K), summed as ``row_dot`` sums:
-    the attention scores of one query row W[j] against n keys, in one call."""
+    the attention scores of one query row W[j] against n keys, in one call. (Called once per
+    key from a kernel without ``_FAST``, ``row_dot`` ran slower than the BLAS call it
+    replaced at small size, probably not inlined across the two sets of flags.)"""
     for i in range(n):
         s = A.dtype.type(0)
         for k in range(A.shape[1]):
