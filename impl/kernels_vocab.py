@@ -78,7 +78,8 @@ def log_sum_exp_shifted(x, m, scratch):
 
     The terms come from ``exp_nonpos_``, which flushes those below e^-87 (float32)
     or e^-708 (float64) to 0: with m the maximum, one term is exactly 1, and the sum
-    is bitwise the one ``exp_`` gives (tests/test_impl_kernels.py).
+    has the bits ``exp_`` would give unless a partial sum lands exactly on a rounding
+    midpoint (docs/implementation.md; tests/test_impl_kernels.py).
     """
     for v in range(x.shape[0]):           # vectorised: scratch is not x, so LLVM's overlap test passes
         scratch[v] = exp_nonpos_(x[v] - m)

@@ -240,12 +240,17 @@ def test_weighted_rows_is_the_weighted_sum_of_the_first_n_rows(n, dtype):
 
 
 def test_the_row_product_checks_catch_a_read_past_n():
-    """The two tests above can fail: the full product reads the NaN rows."""
+    """The two tests above can fail: a product over all rows reads the NaN ones."""
     A, W = integer_operands(7, 33, 3, "float64")
     A[5:] = np.nan
     out = np.empty(7)
     rows_dot(A, 7, W, 2, out)
     assert np.isnan(out[5:]).all()
+    weights = np.arange(-3, 4).astype(np.float64)
+    weights[5:] = np.nan
+    ctx = np.empty(33)
+    weighted_rows(weights, A, 7, ctx)
+    assert np.isnan(ctx).all()
 
 
 def test_the_backward_takes_transposes_where_openblas_ran_them_faster():
