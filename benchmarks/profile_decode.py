@@ -32,7 +32,7 @@ import bench  # noqa: E402  (SIZES, make_problem, limit_threads)
 from profile_step import attn_fwd, cells_fwd, enc_rec_gemm, out_layer_fwd  # noqa: E402  (drivers)
 
 from attnspec.impl.decode import _prepare, greedy_decode  # noqa: E402
-from attnspec.impl.kernels_decode import _state, decode_step, layer0_weights  # noqa: E402
+from attnspec.impl.kernels_decode import _state, _work, decode_step, layer0_weights  # noqa: E402
 from attnspec.impl.kernels_matmul import ON_BLAS  # noqa: E402
 from attnspec.impl.kernels_model import encode  # noqa: E402
 from attnspec.impl.kernels_vocab import greedy_pick, n_blocks, top_log_probs  # noqa: E402
@@ -83,20 +83,21 @@ def step_pieces(size: str, dtype: str, repeats: int, K: int) -> dict[str, float]
     B, _, _, V = bench.SIZES[size]
     keys, keys_proj = enc[5], enc[6]
     R, H, S, dt = B * K, cfg.H, keys.shape[1], keys.dtype
-    gates, c, tanh_c, h, a, cat, q_proj, h_tilde = _state(cfg.L, R, H, S, dt)
+    state = _state(cfg.L, R, H, S, dt)
+    gates, c, tanh_c, h, a, cat, q_proj, _ = state
     rng = np.random.default_rng(0)
-    # h~_prev as after a step (in (-1, 1)); _state leaves it uninitialised, and subnormal
-    # garbage there made the generator product 100x slower on an Intel CPU
-    h_tilde[:] = np.tanh(rng.standard_normal((R, H)))
+    # h~_prev as after a step (in (-1, 1)): uninitialised memory can hold subnormal
+    # garbage, which made the generator product 100x slower on an Intel CPU
+    h_tilde = np.tanh(rng.standard_normal((R, H))).astype(dt)
     src_row = np.arange(R) // K
     h_R, c_R = np.repeat(h0, K, axis=1), np.repeat(c0, K, axis=1)
     W0 = layer0_weights(ON_BLAS, w)
+    work = _work(ON_BLAS, W0, R, H, V, dt)
     y = np.full(R, cfg.bos_id, np.int64)
 
     def step(n):
         for _ in range(n):
-            out = decode_step(ON_BLAS, w, W0, y, h_tilde, h_R, c_R, keys, keys_proj, src_row, len_c,
-                              gates, c, tanh_c, h, a, cat, q_proj, h_tilde.copy())
+            out = decode_step(ON_BLAS, w, W0, y, h_tilde, h_R, c_R, keys, keys_proj, src_row, len_c, state, work)
         return out
 
     logits = step(1)
@@ -104,13 +105,13 @@ def step_pieces(size: str, dtype: str, repeats: int, K: int) -> dict[str, float]
     z = enc_rec_gemm(1, u, W0)
     M = 1 if K == 1 else min(2 * K, V)
     top, top_lp, top_x = np.empty(M, np.int64), np.empty(M, dt), np.empty(M, dt)
-    work, scratch, block_max = np.empty_like(logits), np.empty(V, dt), np.empty(n_blocks(V), dt)
+    rows, scratch, block_max = np.empty_like(logits), np.empty(V, dt), np.empty(n_blocks(V), dt)
     vocab = "greedy_pick" if K == 1 else f"top_log_probs (M = {M})"
     return {
         f"layer-0 product ({R}, {W0.shape[1]}) @ ({W0.shape[1]}, {W0.shape[0]})": best_us(enc_rec_gemm, (u, W0), repeats),
         f"generator product ({R}, {H}) @ ({H}, {V})": best_us(enc_rec_gemm, (h_tilde, w.W_out), repeats),
-        f"vocabulary: {vocab}, all rows": best_us(vocabulary, (logits, w.b_out, scratch, block_max, top, top_lp, top_x, work),
-                                                  repeats) - best_us(copy_rows, (logits, work), repeats),
+        f"vocabulary: {vocab}, all rows": best_us(vocabulary, (logits, w.b_out, scratch, block_max, top, top_lp, top_x, rows),
+                                                  repeats) - best_us(copy_rows, (logits, rows), repeats),
         "LSTM cell": best_us(cells_fwd, (z, c_R[0], gates[0], c[0], tanh_c[0], h[0]), repeats),
         "attention (scores, softmax, context)": best_us(
             attn_fwd, (h[0].copy(), keys, keys_proj, w.att_W_q, w.att_v, w.denom, src_row, len_c, q_proj, a,
@@ -134,11 +135,13 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
     h_tilde = np.zeros((B, cfg.H), keys.dtype)
     src_row = np.arange(B)
     W0 = layer0_weights(ON_BLAS, w)
+    work = _work(ON_BLAS, W0, B, cfg.H, V, keys.dtype)
 
     def step():
-        return decode_step(ON_BLAS, w, W0, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c, *state)
+        return decode_step(ON_BLAS, w, W0, y, h_tilde, h0.copy(), c0.copy(), keys, keys_proj, src_row, len_c,
+                           state, work)
 
-    logits, scratch, work = step(), np.empty(V, keys.dtype), np.empty((B, V), keys.dtype)
+    logits, scratch, copies = step().copy(), np.empty(V, keys.dtype), np.empty((B, V), keys.dtype)
     best = (np.empty(1, np.int64), np.empty(1, keys.dtype), np.empty(1, keys.dtype))   # one best: greedy_pick
     rows = {
         f"whole decode, max_len = {T}": med_ms(lambda: greedy_decode(params, config, src, src_len, T), repeats),
@@ -150,7 +153,7 @@ def profile(size: str, dtype: str, repeats: int) -> dict[str, float]:
         f"one step: generator product ({B}, {cfg.H}) @ ({cfg.H}, {V})": med_ms(
             lambda: enc_rec_gemm(1, state[7], w.W_out), repeats),
         f"one step: greedy_pick over {B} rows": med_ms(
-            lambda: vocabulary(1, logits, w.b_out, scratch, scratch, *best, work), repeats),
+            lambda: vocabulary(1, logits, w.b_out, scratch, scratch, *best, copies), repeats),
     }
     rows["per step after the first: (whole - fixed) / (T - 1)"] = (
         rows[f"whole decode, max_len = {T}"] - rows["whole decode, max_len = 1"]) / (T - 1)

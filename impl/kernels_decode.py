@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels_decoder import decoder_step, layer0_preactivation
-from .kernels_matmul import matmul, mm_nt, products
+from .kernels_matmul import mm_nt, products
 from .kernels_model import embed_time_major, encode
 from .kernels_util import add_bias_, copy1_, copy_, inlined, kernel
 from .kernels_vocab import greedy_pick, n_blocks, top_log_probs
@@ -43,10 +43,11 @@ def layer0_weights(tiles, w):
 
 @inlined
 def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
-                gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
-    """One step for R rows fed the tokens y_prev (R,): writes the new state and a (R, S);
-    returns the generator's logits (R, V) without its bias (added by the row routines
-    of ``kernels_vocab``, which need only the best few log-probabilities).
+                state, work):
+    """One step for R rows fed the tokens y_prev (R,): writes the new ``state`` (``_state``) and
+    the generator's logits (R, V) without its bias into ``work`` (``_work``), and returns them
+    (the bias is added by the row routines of ``kernels_vocab``, which need only the best few
+    log-probabilities).
 
     On BLAS, layer 0's pre-activation is one product [emb; h~_prev; h_prev] @ W0^T
     with W0 = ``layer0_weights(tiles, w)``: one BLAS call instead of three (medium decoding
@@ -54,35 +55,52 @@ def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_p
     teacher-forced pass, which makes the embedding's product over all T steps at once.
     On tiles the three products stay apart and W0 is not used.
     """
+    gates, c, tanh_c, h, a, cat, q_proj, h_tilde = state
+    x0, z0, tmp, ctx, logits = work
     R = y_prev.shape[0]
     if tiles:
         y_emb = embed_time_major(w.emb_tgt, y_prev.reshape(R, 1))[0]  # (R, E)
-        xw0 = mm_nt(tiles, y_emb, w.dec_W_emb)                        # (R, 4H)
-        add_bias_(xw0, w.dec_b[0])
-        z0 = layer0_preactivation(tiles, w, xw0, h_prev[0], h_tilde_prev)
+        mm_nt(tiles, y_emb, w.dec_W_emb, x0)                          # (R, 4H)
+        add_bias_(x0, w.dec_b[0])
+        layer0_preactivation(tiles, w, x0, h_prev[0], h_tilde_prev, z0, tmp)
     else:
         E, F, H = w.emb_tgt.shape[1], w.dec_W_feed.shape[1], h_prev.shape[2]
-        u = np.empty((R, E + F + H), w.emb_tgt.dtype)
         for r in range(R):
             for j in range(E):
-                u[r, j] = w.emb_tgt[y_prev[r], j]
+                x0[r, j] = w.emb_tgt[y_prev[r], j]
             for j in range(F):
-                u[r, E + j] = h_tilde_prev[r, j]
+                x0[r, E + j] = h_tilde_prev[r, j]
             for j in range(H):
-                u[r, E + F + j] = h_prev[0, r, j]
-        z0 = matmul(u, W0.T)                                          # (R, 4H)
+                x0[r, E + F + j] = h_prev[0, r, j]
+        mm_nt(tiles, x0, W0, z0)                                      # (R, 4H), on BLAS
         add_bias_(z0, w.dec_b[0])
     decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
-                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde)
-    return mm_nt(tiles, h_tilde, w.W_out)
+                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde, tmp, ctx)
+    return mm_nt(tiles, h_tilde, w.W_out, logits)
 
 
 @inlined
 def _state(L, R, H, S, dt):
-    """Buffers of one decoder step for R rows."""
+    """Buffers of one decoder step for R rows: gates (L, R, 4H), c, tanh_c, h (L, R, H), a (R, S),
+    cat (R, 2H), q_proj, h_tilde (R, H)."""
     return (np.empty((L, R, 4 * H), dt), np.empty((L, R, H), dt), np.empty((L, R, H), dt),
             np.empty((L, R, H), dt), np.zeros((R, S), dt), np.zeros((R, 2 * H), dt),
             np.zeros((R, H), dt), np.empty((R, H), dt))
+
+
+@inlined
+def _work(tiles, W0, R, H, V, dt):
+    """Scratch of one decoding step, made once per call: x0, layer 0's input ([emb; h~; h]
+    (R, E + F + H) on BLAS, the embedding's product (R, 4H) on tiles); z0 and tmp (R, 4H);
+    ctx (R, H); the logits (R, V).
+
+    A new array per step cost page faults (glibc's malloc hands large blocks out
+    as fresh pages): small float32 beam search, with a new (160, 1000) logits array
+    per step, faulted 7,400 times a call (docs/implementation.md).
+    """
+    width = 4 * H if tiles else W0.shape[1]
+    return (np.empty((R, width), dt), np.empty((R, 4 * H), dt), np.empty((R, 4 * H), dt),
+            np.empty((R, H), dt), np.empty((R, V), dt))
 
 
 def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
@@ -182,7 +200,8 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
     for b in range(B):
         n_fin[b] = 0
         done[b] = False
-    gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new = _state(L, R, H, S, dt)
+    state = _state(L, R, H, S, dt)
+    _, c_new, _, h_new, a, _, _, h_tilde_new = state
     new_score = np.empty(R, dt)                                       # every slot written each step
     new_par = np.empty(R, np.int64)
     new_tok = np.empty(R, np.int64)
@@ -196,11 +215,11 @@ def beam_loop(tiles, w, keys, keys_proj, src_len, h0, c0, K, max_len, length_nor
     block_max = np.empty(n_blocks(V), dt)
     order = np.empty(K * M, np.int64)
     W0 = layer0_weights(tiles, w)
+    work = _work(tiles, W0, R, H, V, dt)
     t_last = 0
     for t in range(max_len):
         t_last = t
-        logits = decode_step(tiles, w, W0, y, h_tilde, h, c, keys, keys_proj, src_row, src_len,
-                             gates, c_new, tanh_c, h_new, a, cat, q_proj, h_tilde_new)
+        logits = decode_step(tiles, w, W0, y, h_tilde, h, c, keys, keys_proj, src_row, src_len, state, work)
         copy_(hist_att[t], a)
         for b in range(B):
             n_alive = 0

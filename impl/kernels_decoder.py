@@ -27,52 +27,52 @@ from .kernels_util import add_, add_bias_, column_sum, copy_, kernel, swap01, ze
 
 @kernel
 def decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, src_row, src_len,
-                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde):
+                 gates, c, tanh_c, h, a, cat, q_proj, h_tilde, tmp, ctx):
     """One decoder step for R rows: writes gates (L, R, 4H), c, tanh_c, h (L, R, H),
     a (R, S), cat = [ctx; h_top] (R, 2H), q_proj (R, H), h_tilde (R, H).
 
     z0 (R, 4H) is layer 0's whole pre-activation, bias included: the caller forms
     it (``layer0_preactivation`` in training, one product in decoding:
     ``kernels_decode.decode_step``), so that both compile the same specialisation.
+    The layers above reuse it for their own pre-activations, with tmp (R, 4H) and
+    ctx (R, H) as scratch: the callers make these once, not a new array per step.
     ``tiles`` (``kernels_matmul.ON_TILES`` or ``ON_BLAS``): where the products run.
     """
     L = w.dec_W_hh.shape[0]
     H = w.dec_W_hh.shape[2]
     R = h_tilde.shape[0]
     for k in range(L):
-        if k == 0:
-            z = z0
-        else:
-            z = mm_nt(tiles, h[k - 1], w.dec_W_ih_up[k - 1])
-            add_bias_(z, w.dec_b[k])
-            add_(z, mm_nt(tiles, h_prev[k], w.dec_W_hh[k]))
-        lstm_cell_forward(z, c_prev[k], gates[k], c[k], tanh_c[k], h[k])
+        if k > 0:
+            mm_nt(tiles, h[k - 1], w.dec_W_ih_up[k - 1], z0)
+            add_bias_(z0, w.dec_b[k])
+            add_(z0, mm_nt(tiles, h_prev[k], w.dec_W_hh[k], tmp))
+        lstm_cell_forward(z0, c_prev[k], gates[k], c[k], tanh_c[k], h[k])
     query = h[L - 1]                                                  # (R, H)
     if w.mode == NONE:
         copy_(h_tilde, query)
         zero_(a)
         return
-    ctx = np.empty_like(query)
     attention_forward(w.mode, query, keys, keys_proj, w.att_W_q, w.att_v, w.denom, src_row, src_len,
                       q_proj, a, ctx)
     for r in range(R):
         for j in range(H):
             cat[r, j] = ctx[r, j]
             cat[r, H + j] = query[r, j]
-    pre = mm_nt(tiles, cat, w.att_W_c)                                # (R, H), no bias
+    mm_nt(tiles, cat, w.att_W_c, h_tilde)                             # W_c [ctx; h], no bias
     for r in range(R):
         for j in range(H):
-            h_tilde[r, j] = tanh_(pre[r, j])
+            h_tilde[r, j] = tanh_(h_tilde[r, j])
 
 
 @kernel
-def layer0_preactivation(tiles, w, xw0, h_prev0, h_tilde_prev):
-    """Layer 0's pre-activation (R, 4H) from the embedding's projection xw0 (R, 4H), bias
-    included: h_prev0 W_hh^T + xw0 (+ h~_prev W_feed^T with input feeding), in this order."""
-    z = mm_nt(tiles, h_prev0, w.dec_W_hh[0])
+def layer0_preactivation(tiles, w, xw0, h_prev0, h_tilde_prev, z, tmp):
+    """Layer 0's pre-activation z (R, 4H) from the embedding's projection xw0 (R, 4H), bias
+    included: h_prev0 W_hh^T + xw0 (+ h~_prev W_feed^T with input feeding), in this order.
+    tmp (R, 4H): scratch. Returns z."""
+    mm_nt(tiles, h_prev0, w.dec_W_hh[0], z)
     add_(z, xw0)
     if w.feeds:
-        add_(z, mm_nt(tiles, h_tilde_prev, w.dec_W_feed))
+        add_(z, mm_nt(tiles, h_tilde_prev, w.dec_W_feed, tmp))
     return z
 
 
@@ -107,10 +107,14 @@ def decoder_loop(tiles, w, xw0, h0, c0, keys, keys_proj, src_len):
         copy_(c[0, k], c0[k])
     zero_(h_tilde[0])
     src_row = np.arange(B)
+    z0 = np.empty((B, 4 * H), dt)                                     # a step's scratch, made once
+    tmp = np.empty((B, 4 * H), dt)
+    ctx = np.empty((B, H), dt)
     for t in range(T):
-        z0 = layer0_preactivation(tiles, w, xw0[t], h[t, 0], h_tilde[t])
+        layer0_preactivation(tiles, w, xw0[t], h[t, 0], h_tilde[t], z0, tmp)
         decoder_step(tiles, w, z0, h_tilde[t], h[t], c[t], keys, keys_proj, src_row, src_len,
-                     gates[t], c[t + 1], tanh_c[t], h[t + 1], a[t], cat[t], q_proj[t], h_tilde[t + 1])
+                     gates[t], c[t + 1], tanh_c[t], h[t + 1], a[t], cat[t], q_proj[t], h_tilde[t + 1],
+                     tmp, ctx)
     return gates, c, tanh_c, h, a, cat, q_proj, h_tilde
 
 

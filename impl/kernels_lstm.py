@@ -107,8 +107,9 @@ def lstm_layer_forward(tiles, xw, W_hh, src_len, gates, c, tanh_c, h):
     H = W_hh.shape[1]
     zero_(h[0])
     zero_(c[0])
+    z = np.empty((B, 4 * H), xw.dtype)
     for s in range(S):
-        z = mm_nt(tiles, h[s], W_hh)                                  # (B, 4H)
+        mm_nt(tiles, h[s], W_hh, z)                                   # (B, 4H)
         add_(z, xw[s])
         lstm_cell_forward(z, c[s], gates[s], c[s + 1], tanh_c[s], h[s + 1])
         for b in range(B):

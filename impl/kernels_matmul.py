@@ -192,23 +192,24 @@ def _products_bool(x):
         return (lambda x: True) if x.tiles else (lambda x: False)
 
 
-def _on_tiles(tiles, A, W):
-    out = np.empty((A.shape[0], W.shape[0]), A.dtype)
+def _on_tiles(tiles, A, W, out):
     tiled_nt(A, W, out)
     return out
 
 
-def _on_blas(tiles, A, W):
-    return matmul(A, W.T)
+def _on_blas(tiles, A, W, out):
+    return _gemm(A, W.T, out)
 
 
-def mm_nt(tiles, A, W):
-    """A (M, K) @ W (N, K)^T: on tiles if ``tiles`` (``ON_TILES``), else one BLAS call."""
-    return (_on_tiles if tiles else _on_blas)(tiles, A, W)
+def mm_nt(tiles, A, W, out):
+    """out (M, N) = A (M, K) @ W (N, K)^T: on tiles if ``tiles`` (``ON_TILES``), else one
+    BLAS call; returns out. The caller owns out: a step's products written into buffers
+    made once per call, not a new array per step (see ``kernels_decode.beam_loop``)."""
+    return (_on_tiles if tiles else _on_blas)(tiles, A, W, out)
 
 
 @overload(mm_nt)
-def _mm_nt_jit(tiles, A, W):
+def _mm_nt_jit(tiles, A, W, out):
     if not isinstance(tiles, ProductsType):
         raise TypingError(f"mm_nt: tiles must be ON_TILES or ON_BLAS, got {tiles}")
     return _on_tiles if tiles.tiles else _on_blas

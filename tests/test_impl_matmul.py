@@ -162,14 +162,18 @@ def test_a_strided_product_in_a_kernel_fails_the_suite():
 
 
 @pytest.mark.parametrize("tiles", [ON_BLAS, ON_TILES])
-def test_mm_nt_on_both_paths(tiles):
+def test_mm_nt_on_both_paths_writes_the_given_array(tiles):
+    """The product lands in the caller's buffer (decoding's steps reuse theirs), on both paths."""
     A, W = integer_operands(6, 10, 7, np.float64, seed=3)
-    np.testing.assert_array_equal(mm_nt(tiles, A, W), A @ W.T)
+    out = np.full((6, 7), np.nan)
+    assert mm_nt(tiles, A, W, out) is out
+    np.testing.assert_array_equal(out, A @ W.T)
 
 
 @numba.njit
 def _product_in_a_kernel(tiles, A, W):
-    return mm_nt(tiles, A, W), bool(tiles)
+    out = np.empty((A.shape[0], W.shape[0]), A.dtype)
+    return mm_nt(tiles, A, W, out), bool(tiles)
 
 
 @pytest.mark.parametrize("tiles", [ON_BLAS, ON_TILES])
@@ -189,7 +193,7 @@ def test_a_kernel_compiled_for_one_path_links_only_that_path(tiles):
 
 def test_mm_nt_in_a_kernel_rejects_a_plain_bool():
     with pytest.raises(numba.core.errors.TypingError, match="tiles must be ON_TILES or ON_BLAS"):
-        numba.njit(lambda A, W: mm_nt(True, A, W))(np.eye(2), np.eye(2))
+        numba.njit(lambda A, W: mm_nt(True, A, W, np.empty((2, 2))))(np.eye(2), np.eye(2))
 
 
 # -- training's backward on the weights' transposes --------------------------------------
