@@ -110,7 +110,7 @@ def greedy_kernel(w, src, src_len, max_len, bos, eos, pad):
 
     Returns tokens (B, max_len), lengths (B,), scores (B,), attention (B, max_len, S).
     """
-    enc, h0, c0 = encode(w, src, src_len)             # Python: the loop does not link the encoder
+    enc, h0, c0 = encode(w, src, src_len, caches=False)  # Python: the loop does not link the encoder
     tokens, lengths, scores, _, attention = beam_loop(products(w.tiles), w, enc[5], enc[6], src_len, h0, c0,
                                                       1, max_len, False, bos, eos, pad)
     return tokens, lengths, scores, attention
@@ -147,7 +147,7 @@ def _backtrack(b, K, t_end, k_end, tok_end, hist_tok, hist_par, hist_att, tokens
 
 def beam_kernel(w, src, src_len, K, max_len, length_normalize, bos, eos, pad):
     """Beam search of width K per source row (see ``beam_loop`` and ``decode.beam_search``)."""
-    enc, h0, c0 = encode(w, src, src_len)
+    enc, h0, c0 = encode(w, src, src_len, caches=False)
     return beam_loop(products(w.tiles), w, enc[5], enc[6], src_len, h0, c0, K, max_len, length_normalize,
                      bos, eos, pad)
 

@@ -101,6 +101,8 @@ def lstm_layer_forward(tiles, xw, W_hh, src_len, gates, c, tanh_c, h):
     xw (S, B, 4H) from ``input_projection``. Writes gates (S, B, 4H), tanh_c (S, B, H),
     and c, h (S + 1, B, H) whose index 0 is the zero initial state and index s the
     state after step s. A frozen row copies its previous state (gates and tanh_c 0).
+    Given gates and tanh_c of one step, (1, B, .), every step overwrites them: the
+    decoders need no cache for a backward pass.
     ``tiles`` (``kernels_matmul.ON_TILES`` or ``ON_BLAS``): where the recurrent product runs.
     """
     S, B, _ = xw.shape
@@ -109,17 +111,18 @@ def lstm_layer_forward(tiles, xw, W_hh, src_len, gates, c, tanh_c, h):
     zero_(c[0])
     z = np.empty((B, 4 * H), xw.dtype)
     for s in range(S):
+        g, tc = gates[s % gates.shape[0]], tanh_c[s % tanh_c.shape[0]]
         mm_nt(tiles, h[s], W_hh, z)                                   # (B, 4H)
         add_(z, xw[s])
-        lstm_cell_forward(z, c[s], gates[s], c[s + 1], tanh_c[s], h[s + 1])
+        lstm_cell_forward(z, c[s], g, c[s + 1], tc, h[s + 1])
         for b in range(B):
             if s >= src_len[b]:                                       # frozen: copy the state
                 for j in range(H):
                     h[s + 1, b, j] = h[s, b, j]
                     c[s + 1, b, j] = c[s, b, j]
-                    tanh_c[s, b, j] = 0.0
+                    tc[b, j] = 0.0
                 for j in range(4 * H):
-                    gates[s, b, j] = 0.0
+                    g[b, j] = 0.0
 
 
 @kernel

@@ -116,19 +116,22 @@ def generator_loss_backward(h_tilde, W_out, b_out, labels, pad, count, dlogits, 
 
 # -- encoder stack ------------------------------------------------------------------
 
-def encoder_forward(w, src, src_len):
+def encoder_forward(w, src, src_len, caches=True):
     """Embed and run the L encoder layers (each over all S steps before the next).
 
     Returns x (S, B, E); per layer gates (L, S, B, 4H), c, h (L, S + 1, B, H),
     tanh_c (L, S, B, H); keys (B, S, H) = top-layer outputs; keys_proj.
+    Without ``caches`` (decoding: no backward follows) gates and tanh_c hold one
+    step, (L, 1, B, .), overwritten at every step (``lstm_layer_forward``).
     """
     B, S = src.shape
     L, H4, H = w.enc_W_hh.shape
     dt = w.emb_src.dtype
     x = embed_time_major(w.emb_src, src)                              # (S, B, E)
-    gates = np.empty((L, S, B, H4), dt)
+    steps = S if caches else 1
+    gates = np.empty((L, steps, B, H4), dt)
     c = np.empty((L, S + 1, B, H), dt)
-    tanh_c = np.empty((L, S, B, H), dt)
+    tanh_c = np.empty((L, steps, B, H), dt)
     h = np.empty((L, S + 1, B, H), dt)
     for k in range(L):
         if k == 0:
@@ -179,10 +182,10 @@ def encoder_backward(w, enc_W_hh_T, src, src_len, x, gates, c, tanh_c, h, dkeys,
 # every kernel they link, and their nested tuples of 15 arrays) to save some 50
 # microseconds a call.
 
-def encode(w, src, src_len):
+def encode(w, src, src_len, caches=True):
     """The encoder's caches ``enc`` (see ``encoder_forward``) and the decoder's initial
     (h0, c0) (L, B, H): what the teacher-forced pass and the decoders start from."""
-    enc = encoder_forward(w, src, src_len)
+    enc = encoder_forward(w, src, src_len, caches)
     h0, c0 = final_state(enc[2], enc[4])
     return enc, h0, c0
 

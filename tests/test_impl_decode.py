@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from attnspec.impl.decode import beam_search, greedy_decode
-from attnspec.impl.model import forward, init_params
+from attnspec.impl.kernels_model import encoder_forward
+from attnspec.impl.model import forward, init_params, pack_weights
 from attnspec.spec.config import Config
 from attnspec.spec.compare import assert_close
 
@@ -169,3 +170,19 @@ def test_bad_input_is_rejected_naming_the_argument(name, exc, kw):
         args.pop("length_normalize", None)
         with pytest.raises(exc, match=name):
             greedy_decode(**args)
+
+
+@pytest.mark.parametrize("L", [1, 2])
+def test_the_decoders_encoder_keeps_one_step_of_caches_and_the_same_states(L):
+    """Decoding runs the encoder without the caches a backward pass needs: gates and tanh(c)
+    hold one step, overwritten at every step. Its keys and states are bitwise training's,
+    on a padded batch (frozen rows), and what it keeps is the last step's caches."""
+    cfg, p = model(L=L)
+    src, src_len = source()
+    w = pack_weights(p, cfg, tiles=False)
+    x, gates, c, tanh_c, h, keys, _ = encoder_forward(w, src, src_len)
+    _, gates1, c1, tanh_c1, h1, keys1, _ = encoder_forward(w, src, src_len, caches=False)
+    assert gates1.shape == (L, 1) + gates.shape[2:] and tanh_c1.shape == (L, 1) + tanh_c.shape[2:]
+    for full, lean in ((c, c1), (h, h1), (keys, keys1), (gates[:, -1:], gates1), (tanh_c[:, -1:], tanh_c1)):
+        np.testing.assert_array_equal(lean, full)
+    assert not np.array_equal(gates[:, :1], gates1)          # the check tells the steps apart
