@@ -204,7 +204,7 @@ def _on_blas(tiles, A, W, out):
 def mm_nt(tiles, A, W, out):
     """out (M, N) = A (M, K) @ W (N, K)^T: on tiles if ``tiles`` (``ON_TILES``), else one
     BLAS call; returns out. The caller owns out: a step's products written into buffers
-    made once per call, not a new array per step (see ``kernels_decode.beam_loop``)."""
+    made once per call, not a new array per step (``kernels_decode._work``)."""
     return (_on_tiles if tiles else _on_blas)(tiles, A, W, out)
 
 
