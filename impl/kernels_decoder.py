@@ -68,12 +68,11 @@ def decoder_step(tiles, w, z0, h_tilde_prev, h_prev, c_prev, keys, keys_proj, sr
 def layer0_preactivation(tiles, w, xw0, h_prev0, h_tilde_prev, z, tmp):
     """Layer 0's pre-activation z (R, 4H) from the embedding's projection xw0 (R, 4H), bias
     included: h_prev0 W_hh^T + xw0 (+ h~_prev W_feed^T with input feeding), in this order.
-    tmp (R, 4H): scratch. Returns z."""
+    tmp (R, 4H): scratch."""
     mm_nt(tiles, h_prev0, w.dec_W_hh[0], z)
     add_(z, xw0)
     if w.feeds:
         add_(z, mm_nt(tiles, h_tilde_prev, w.dec_W_feed, tmp))
-    return z
 
 
 def decoder_forward(w, y_emb, h0, c0, keys, keys_proj, src_len):

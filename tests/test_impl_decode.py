@@ -180,7 +180,7 @@ def test_the_decoders_encoder_keeps_one_step_of_caches_and_the_same_states(L):
     cfg, p = model(L=L)
     src, src_len = source()
     w = pack_weights(p, cfg, tiles=False)
-    x, gates, c, tanh_c, h, keys, _ = encoder_forward(w, src, src_len)
+    _, gates, c, tanh_c, h, keys, _ = encoder_forward(w, src, src_len)
     _, gates1, c1, tanh_c1, h1, keys1, _ = encoder_forward(w, src, src_len, caches=False)
     assert gates1.shape == (L, 1) + gates.shape[2:] and tanh_c1.shape == (L, 1) + tanh_c.shape[2:]
     for full, lean in ((c, c1), (h, h1), (keys, keys1), (gates[:, -1:], gates1), (tanh_c[:, -1:], tanh_c1)):
