@@ -16,7 +16,10 @@ SciPy, the one Numba calls, via threadpoolctl), for each size and dtype:
   pinned to one thread, with scores and attention as Numba returns them) and the
   minimal batched loop ``torch_greedy_batched`` written here (tokens only) on 2 threads; the ratio
   against the target uses the faster of the two. PyTorch beam search is
-  ``torch_model.beam_batched`` (the whole batch per step, the Numba rules).
+  ``torch_model.beam_batched`` (the whole batch per step, the Numba rules);
+- every matrix product of one decoding call (``decode_products``), timed alone with
+  NumPy's OpenBLAS and with PyTorch's MKL: what the products alone cost a call, and
+  the decoding ratio they leave room for (``decode_ceiling``).
 
 Numba and PyTorch calls alternate inside each repeat (so load from other jobs
 hits both alike); each figure is the median over ``--repeats`` runs after
@@ -142,29 +145,53 @@ def timed_settled(fn):
     return timed(fn)
 
 
+def decode_products(size: str) -> dict:
+    """The matrix products of one decoding call at ``size`` (dot score, input feeding, L = 1):
+    {kind: [(name, (M, K, N), per_step, count)]} for kind greedy (R = B rows a step) and beam
+    (R = B*K), each an (M, K) @ (K, N) product made ``count`` times a call, or ``count`` times
+    a step if ``per_step``. The encoder runs on the B source rows; a step's layer-0 product
+    is Numba's one product of [emb; h~; h] (PyTorch makes the same FLOPs in two). The
+    attention's products (one query row against S keys) are left out: R*S*H multiply-adds,
+    under 1% of a step at every size."""
+    B, S, H, V = SIZES[size]
+    E = H
+    encoder = [("encoder input", (B * S, E, 4 * H), False, 1), ("encoder recurrence", (B, H, 4 * H), False, S)]
+    return {kind: encoder + [("layer 0", (R, E + 2 * H, 4 * H), True, 1), ("W_c", (R, 2 * H, H), True, 1),
+                             ("generator", (R, H, V), True, 1)]
+            for kind, R in (("greedy", B), ("beam", B * BEAM_K))}
+
+
 def decode_gemm(size: str, dtype: str, repeats: int) -> dict:
-    """One decoding step's generator product, (R, H) @ (H, V) for R = B (greedy) and B*K (beam):
-    milliseconds per product with NumPy (its OpenBLAS, a build of the one Numba calls through
-    SciPy) and with PyTorch (MKL), in bursts of ``GEMM_BURST``."""
+    """Milliseconds per product of every shape in ``decode_products(size)``, {(M, K, N): {"openblas": ms,
+    "mkl": ms}}: A (M, K) @ W (N, K)^T into one output, as the decoders multiply, with the
+    decoders' own ``mm_nt`` on BLAS (SciPy's OpenBLAS, through Numba) and with PyTorch (MKL),
+    in bursts of ``GEMM_BURST``."""
     import torch
-    B, _, H, V = SIZES[size]
+    from numba import njit
+    from attnspec.impl.kernels_matmul import ON_BLAS, mm_nt
+
+    @njit(cache=True)
+    def mm_nt_burst(tiles, A, W, out, n):             # in compiled code: no dispatch per product
+        for _ in range(n):
+            mm_nt(tiles, A, W, out)
+
     rng = np.random.default_rng(0)
-    W = rng.standard_normal((V, H)).astype(dtype)
+    shapes = sorted({shape for products in decode_products(size).values() for _, shape, _, _ in products})
     out = {}
-    for name, R in (("greedy", B), ("beam", B * BEAM_K)):
-        h = rng.standard_normal((R, H)).astype(dtype)
-        th, tW = torch.from_numpy(h), torch.from_numpy(W)
-        products = {"numpy": lambda: h @ W.T, "torch": lambda: th @ tW.T}
-        times = {"numpy": [], "torch": []}
+    for M, K, N in shapes:
+        A, W = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype)
+        C = np.empty((M, N), dtype)         # into one output, as the decoders write their steps'
+        tA, tW, tC = torch.from_numpy(A), torch.from_numpy(W), torch.from_numpy(C.copy())
+        # A burst of one library's products, as a decoder calls them: a single product timed
+        # right after the other library's measured the other's spinning threads (about 4 ms
+        # whatever the size).
+        bursts = {"openblas": lambda: mm_nt_burst(ON_BLAS, A, W, C, GEMM_BURST),
+                  "mkl": lambda: [torch.matmul(tA, tW.T, out=tC) for _ in range(GEMM_BURST)]}
+        times = {"openblas": [], "mkl": []}
         for _ in range(max(repeats, 5)):                  # alternate, as everywhere else
-            for lib, product in products.items():
-                # A burst of one library's products, as a decoder calls them: a single product
-                # timed right after the other library's measured the other's spinning threads
-                # (about 4 ms whatever the size).
-                burst = lambda: [product() for _ in range(GEMM_BURST)]  # noqa: E731
+            for lib, burst in bursts.items():
                 times[lib].append(timed_settled(burst)[0] / GEMM_BURST)
-        out[name] = {k: stats(v)["median"] * 1e3 for k, v in times.items()}
-        out[name]["R"] = R
+        out[(M, K, N)] = {k: stats(v)["median"] * 1e3 for k, v in times.items()}
     return out
 
 
@@ -345,14 +372,29 @@ def verdict(ratio, target) -> str:
     return f"{'met' if ratio >= target else 'NOT met'} (>= {target:g}x)"
 
 
-def decode_ceiling(r: dict, kind: str, size: str) -> float:
-    """Numba / PyTorch decoding ratio if a step cost only its generator product at the faster
-    library's rate: PyTorch's time / (steps x product time), steps = output tokens / B."""
+def decode_ceiling(r: dict, kind: str, size: str) -> dict:
+    """What the matrix products alone of one decoding call cost, and the Numba / PyTorch ratio a
+    decoder doing nothing else could reach: {"openblas_s", "mkl_s", "best_s": the products' seconds
+    a call at OpenBLAS's rate, MKL's, and the faster of the two per product; "generator": the
+    generator's share of openblas_s; "ceiling_openblas", "ceiling": PyTorch's median time over
+    openblas_s and over best_s}. A step's products count steps = output tokens / B times (the
+    mean output length: at most the steps the decoder ran, so the ceilings are upper bounds)."""
     B = SIZES[size][0]
     torch_s = (min(r["greedy_torch_protocol"]["median"], r["greedy_torch_batched"]["median"]) if kind == "greedy"
                else r["beam_torch"]["median"])
-    product_s = min(r["decode_gemm"][kind]["numpy"], r["decode_gemm"][kind]["torch"]) / 1e3
-    return torch_s / (r[f"{kind}_numba"]["tokens"] / B * product_s)
+    steps = r[f"{kind}_numba"]["tokens"] / B
+    sums = {"openblas_s": 0.0, "mkl_s": 0.0, "best_s": 0.0, "generator_s": 0.0}
+    for name, shape, per_step, count in decode_products(size)[kind]:
+        n = count * (steps if per_step else 1)
+        ms = r["decode_gemm"][shape]
+        sums["openblas_s"] += n * ms["openblas"] / 1e3
+        sums["mkl_s"] += n * ms["mkl"] / 1e3
+        sums["best_s"] += n * min(ms["openblas"], ms["mkl"]) / 1e3
+        if name == "generator":
+            sums["generator_s"] = n * ms["openblas"] / 1e3
+    return {"openblas_s": sums["openblas_s"], "mkl_s": sums["mkl_s"], "best_s": sums["best_s"],
+            "generator": sums["generator_s"] / sums["openblas_s"],
+            "ceiling_openblas": torch_s / sums["openblas_s"], "ceiling": torch_s / sums["best_s"]}
 
 
 def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
@@ -391,24 +433,28 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
                      f"{fmt_tps(r['greedy_torch_batched'])} | **{ratio:.2f}x** | {verdict(ratio, DECODE_TARGET)} | "
                      f"{fmt_tps(r['beam_numba'])} | {fmt_tps(r['beam_torch'])} | **{beam:.2f}x** | "
                      f"{verdict(beam, DECODE_TARGET)} |")
-    lines += ["", "One decoding step's generator product `(R, H) @ (H, V)` (R = B for greedy, B*K for beam), "
-              f"ms per product on 2 threads, median over bursts of {GEMM_BURST} products of one library "
-              "at a time: NumPy calls OpenBLAS (a build of the one Numba's `@` uses through SciPy); PyTorch calls MKL. "
-              "Both decoders spend most of a step in this product. The ceiling is the largest ratio over "
-              "PyTorch that a decoder doing this product at the faster library's rate could reach if "
-              "everything else in a step took no time: PyTorch's median decoding time / (steps x product "
-              "time), with steps = output tokens / B (at least the decoder's steps; more would lower the "
-              "ceiling). A ceiling below the 2x target puts the target out of reach of BLAS products; "
-              "only a faster product (the tiles, for greedy decoding at large size) could reach it.", "",
-              "| size | dtype | greedy R | OpenBLAS | MKL | OpenBLAS / MKL time | greedy ceiling | beam R | "
-              "OpenBLAS | MKL | OpenBLAS / MKL time | beam ceiling |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Every matrix product of one decoding call (`decode_products`: the encoder's input projection "
+              "and its S recurrent products on B rows; per step, on R rows (B greedy, B*K beam), layer 0's "
+              "product of [emb; h~; h], W_c [ctx; h] and the generator), each timed alone as `A @ W.T` into one "
+              f"output on 2 threads, median over bursts of {GEMM_BURST} products of one library at a time: the "
+              "decoders' own `mm_nt` on BLAS (SciPy's OpenBLAS, through Numba) and PyTorch's `matmul` (MKL). "
+              "Their sum is "
+              "what the products alone cost a call, steps = output tokens / B. The ceilings are the largest "
+              "ratio over the best PyTorch a decoder could reach if everything but these products took no "
+              "time: PyTorch's median call / the products' time at OpenBLAS's rate (Numba's library), and "
+              "at the faster library's rate for each product. A ceiling below the 2x target puts the target "
+              "out of reach of these products.", "",
+              "| size | dtype | decoder | products at OpenBLAS's rate | at MKL's | generator's share of them | "
+              "Numba call | best PyTorch call | ceiling at OpenBLAS's rate | ceiling at the faster rate |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (size, dtype), r in results.items():
-        g, b = r["decode_gemm"]["greedy"], r["decode_gemm"]["beam"]
-        ceiling = {kind: decode_ceiling(r, kind, size) for kind in ("greedy", "beam")}
-        lines.append(f"| {size} | {dtype} | {g['R']} | {g['numpy']:.2f} ms | {g['torch']:.2f} ms | "
-                     f"{g['numpy'] / g['torch']:.2f} | {ceiling['greedy']:.2f}x | {b['R']} | {b['numpy']:.2f} ms | "
-                     f"{b['torch']:.2f} ms | {b['numpy'] / b['torch']:.2f} | {ceiling['beam']:.2f}x |")
+        for kind in ("greedy", "beam"):
+            c = decode_ceiling(r, kind, size)
+            torch_s = (min(r["greedy_torch_protocol"]["median"], r["greedy_torch_batched"]["median"])
+                       if kind == "greedy" else r["beam_torch"]["median"])
+            lines.append(f"| {size} | {dtype} | {kind} | {c['openblas_s'] * 1e3:.2f} ms | {c['mkl_s'] * 1e3:.2f} ms | "
+                         f"{c['generator']:.0%} | {r[f'{kind}_numba']['median'] * 1e3:.2f} ms | "
+                         f"{torch_s * 1e3:.2f} ms | {c['ceiling_openblas']:.2f}x | {c['ceiling']:.2f}x |")
     lines += ["", "### Fraction of the machine's GEMM rate reached by the training step", "",
               "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median, measured "
               "at the start and again at the end of the run; the machine rate is the best of the four (a "

@@ -1,5 +1,5 @@
 """benchmarks/bench.py runs end to end, refuses to time implementations whose losses differ,
-and computes the decoding ceiling as documented.
+and computes the decoding ceiling (every product of a call) as documented.
 
 The first two tests run the script in a subprocess on the reduced size ``tiny``
 (B=4, S=T=6, E=H=8, V=50) with ``--quick``, one dtype; each takes a few
@@ -44,14 +44,29 @@ def test_benchmark_refuses_to_time_models_whose_losses_differ(tmp_path):
     assert not out.exists(), "no report may be written when the losses disagree"
 
 
-def test_decode_ceiling_divides_pytorch_time_by_the_faster_products():
+def test_decode_ceiling_sums_every_product_of_a_call_at_the_faster_rate():
     sys.path.insert(0, str(BENCH.parent))
     import bench
-    B, T = bench.SIZES["small"][0], bench.SIZES["small"][1]
+    B, S, H, V = bench.SIZES["small"]
+    T = S
+    products = bench.decode_products("small")
+    # OpenBLAS 1 ms for every product, MKL 2 ms, but for the generator, where MKL takes 0.5 ms
+    times = {shape: ({"openblas": 1.0, "mkl": 0.5} if name == "generator" else {"openblas": 1.0, "mkl": 2.0})
+             for kind in products for name, shape, _, _ in products[kind]}
     r = {"greedy_torch_protocol": {"median": 3.0}, "greedy_torch_batched": {"median": 1.0},
          "beam_torch": {"median": 2.0}, "greedy_numba": {"tokens": B * T}, "beam_numba": {"tokens": B * T // 2},
-         "decode_gemm": {"greedy": {"numpy": 10.0, "torch": 20.0}, "beam": {"numpy": 40.0, "torch": 25.0}}}
-    # greedy: the faster PyTorch (1 s) over T steps of the faster product (10 ms)
-    assert bench.decode_ceiling(r, "greedy", "small") == 1.0 / (T * 0.010)
-    # beam: half the tokens, so T / 2 steps, of the faster product (MKL's 25 ms)
-    assert bench.decode_ceiling(r, "beam", "small") == 2.0 / (T / 2 * 0.025)
+         "decode_gemm": times}
+    assert [name for name, *_ in products["greedy"]] == ["encoder input", "encoder recurrence", "layer 0", "W_c",
+                                                         "generator"]
+    assert products["beam"][4][1] == (B * bench.BEAM_K, H, V) and products["beam"][1][1] == (B, H, 4 * H)
+    # greedy, T steps: the encoder's 1 + S products, then 3 a step; best: the generator at 0.5 ms
+    g = bench.decode_ceiling(r, "greedy", "small")
+    assert g["openblas_s"] == pytest.approx((1 + S + 3 * T) * 1e-3)
+    assert g["mkl_s"] == pytest.approx(((1 + S + 2 * T) * 2.0 + T * 0.5) * 1e-3)
+    assert g["ceiling"] == pytest.approx(1.0 / ((1 + S + 2 * T + T * 0.5) * 1e-3))   # the faster PyTorch, 1 s
+    assert g["ceiling_openblas"] == pytest.approx(1.0 / ((1 + S + 3 * T) * 1e-3))
+    assert g["generator"] == pytest.approx(T / (1 + S + 3 * T))
+    # beam: half the tokens, so T / 2 steps; the encoder's products are made once a call all the same
+    b = bench.decode_ceiling(r, "beam", "small")
+    assert b["openblas_s"] == pytest.approx((1 + S + 3 * T / 2) * 1e-3)
+    assert b["ceiling"] == pytest.approx(2.0 / ((1 + S + 2 * T / 2 + T / 2 * 0.5) * 1e-3))
