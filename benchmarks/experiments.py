@@ -1,4 +1,4 @@
-"""Experiments behind issue 7's "tried and not adopted" (docs/performance.md).
+"""Experiments behind issue 7's "tried and not adopted" (docs/performance-history.md).
 
     python benchmarks/experiments.py threads [--dtypes float32,float64] [--repeats 7]
     python benchmarks/experiments.py transcendentals [--dtypes float32,float64] [--repeats 7]

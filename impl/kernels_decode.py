@@ -51,7 +51,7 @@ def decode_step(tiles, w, W0, y_prev, h_tilde_prev, h_prev, c_prev, keys, keys_p
 
     On BLAS, layer 0's pre-activation is one product [emb; h~_prev; h_prev] @ W0^T
     with W0 = ``layer0_weights(tiles, w)``: one BLAS call instead of three (medium decoding
-    3-9% faster, docs/performance.md); it sums in another order than the
+    3-9% faster, docs/performance-history.md); it sums in another order than the
     teacher-forced pass, which makes the embedding's product over all T steps at once.
     On tiles the three products stay apart and W0 is not used.
     """

@@ -6,7 +6,7 @@ of one query row (``rows_dot``).
 A decoding step multiplies only R rows (the batch, or batch x beam) by each
 weight matrix, the generator's included. OpenBLAS runs such skinny products
 at a third of its rate; ``tiled_nt`` runs them 1.2-2.8x faster on the same 2
-threads (docs/performance.md). But two thread pools on two cores fight:
+threads (docs/performance-history.md). But two thread pools on two cores fight:
 OpenBLAS's workers spin for about 0.1 s after each product and take the cores
 from Numba's threads. So a decoding call on tiles runs inside ``one_pool()``:
 BLAS is held to one thread (the encoder's input projections and the
@@ -14,7 +14,7 @@ attention's matrix-vector products) and OpenBLAS's idle workers are stopped.
 
 ``Weights.tiles`` (``use_tiles``) picks the tiles for few rows and wide layers
 only; elsewhere, and in training, the products are the BLAS calls they were,
-bit for bit. (Training on tiles was measured no faster: docs/performance.md.)
+bit for bit. (Training on tiles was measured no faster: docs/performance-history.md.)
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ def matmul(A, B):
 def use_tiles(rows: int, H: int) -> bool:
     """Whether a decoding call with ``rows`` rows per step and width H runs on tiles.
 
-    Measured on the 2-core machine (docs/performance.md): tiles win clearly up to
+    Measured on the 2-core machine (docs/performance-history.md): tiles win clearly up to
     32 rows on layers of H >= 256; at 64 rows and more BLAS is as fast or faster,
-    and below H = 256 a product is too short to pay for waking threads.
+    and below H = 256 a product is too short to pay for waking threads (session 16:
+    the products of a small step ran faster on tiles timed alone, but whole small
+    greedy calls took 1.4x the time in float64 and 1.9x in float32).
     """
     return rows <= 32 and H >= 256
 
@@ -146,7 +148,7 @@ class Products:
     True and false in Python; to Numba two different types, so a kernel compiled
     for one compiles only its path of ``mm_nt``: training and decoding on BLAS
     never compile the parallel tiles (a tenth to a fifth of the first calls'
-    compilation: docs/performance.md). Pass it as an argument of its own: Numba
+    compilation: docs/performance-history.md). Pass it as an argument of its own: Numba
     caches the type of a tuple of arrays and plain scalars (``Weights``), not of
     one that holds this object (30x slower calls).
     """
@@ -225,7 +227,7 @@ def nt_backward(dtype, H: int) -> bool:
     W_c, W_ih of the layers above. With W as it is, BLAS runs "NN"; through a
     C-ordered copy of W^T seen transposed, "NT". Measured on the AVX-512 machine
     with SciPy's OpenBLAS 0.3.30, the three products of a decoder step interleaved
-    in one process (docs/performance.md, session 13): in float32 NT takes 0.8x
+    in one process (docs/performance-history.md, session 13): in float32 NT takes 0.8x
     the time of NN at H = 384, 0.6x at 512 and 0.5x at 1024, the same at 128-256
     and 2.2x at 64; in float64 NN is the faster at every width. The two give
     bitwise equal gradients at the benchmark's sizes.

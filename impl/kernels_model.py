@@ -17,7 +17,7 @@ gradients of the generator and the embeddings) are allocated by the caller with
 NumPy and filled here. NumPy asks Linux for transparent huge pages on large
 arrays and Numba's allocator does not: a fresh 32-64 MB array from inside a
 kernel costs 8-16 thousand page faults on first touch (large step: 4x fewer
-faults, 4-10% faster; docs/performance.md).
+faults, 4-10% faster; docs/performance-history.md).
 """
 
 from __future__ import annotations

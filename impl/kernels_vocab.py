@@ -40,10 +40,13 @@ def exp_shifted_sum(x, m):
 def sum16(x):
     """The sum of a row x (V,) in 16 interleaved partial sums, then added in order.
 
-    A float reduction in one accumulator cannot be vectorised (no reassociation
-    without fastmath); this order is fixed, so results stay deterministic. Scalars,
-    not a (16,) array: LLVM keeps them in two or four vector registers, where an
-    array's loads and stores stay in memory (it cannot tell them from x's).
+    A float reduction in one accumulator is one long chain of dependent adds (no
+    reassociation without fastmath); sixteen chains overlap, in an order fixed by
+    V alone, so results stay deterministic whatever the CPU's vector width.
+    Scalars, not a (16,) array, whose loads and stores would stay in memory (LLVM
+    cannot tell them from x's). They stay scalar adds: only LLVM's SLP vectoriser
+    could pack them, and Numba leaves it off (switched on for the whole process,
+    the float32 sum ran 2.4x faster, small greedy decoding no faster: docs/performance.md).
     """
     V = x.shape[0]
     V16 = V - V % 16
@@ -173,7 +176,7 @@ def add_bias_block_max(x, bias, block_max):
     maxima are an elementwise fold over the row's chunks of nb logits, which LLVM
     vectorises whole when nb is a multiple of the vector width, as ``n_blocks`` makes it.
     Contiguous blocks need one horizontal maximum per 16 logits: 0.8 against 0.4 ns
-    per logit with the bias pass included (float32, V = 1000, docs/performance.md).
+    per logit with the bias pass included (float32, V = 1000, docs/performance-history.md).
     """
     V, nb = x.shape[0], block_max.shape[0]
     for i in range(nb):
