@@ -18,8 +18,9 @@ SciPy, the one Numba calls, via threadpoolctl), for each size and dtype:
   against the target uses the faster of the two. PyTorch beam search is
   ``torch_model.beam_batched`` (the whole batch per step, the Numba rules);
 - every matrix product of one decoding call (``decode_products``), timed alone with
-  NumPy's OpenBLAS and with PyTorch's MKL: what the products alone cost a call, and
-  the decoding ratio they leave room for (``decode_ceiling``).
+  the decoders' own ``mm_nt`` (SciPy's OpenBLAS) and with PyTorch's MKL: what the
+  products alone cost a call, and the decoding ratio they leave room for
+  (``decode_ceiling``).
 
 Numba and PyTorch calls alternate inside each repeat (so load from other jobs
 hits both alike); each figure is the median over ``--repeats`` runs after
@@ -151,8 +152,8 @@ def decode_products(size: str) -> dict:
     (R = B*K), each an (M, K) @ (K, N) product made ``count`` times a call, or ``count`` times
     a step if ``per_step``. The encoder runs on the B source rows; a step's layer-0 product
     is Numba's one product of [emb; h~; h] (PyTorch makes the same FLOPs in two). The
-    attention's products (one query row against S keys) are left out: R*S*H multiply-adds,
-    under 1% of a step at every size."""
+    attention's products (one query row against S keys) are left out: 2*R*S*H multiply-adds,
+    2% of a step's at small size and under 1% at the others."""
     B, S, H, V = SIZES[size]
     E = H
     encoder = [("encoder input", (B * S, E, 4 * H), False, 1), ("encoder recurrence", (B, H, 4 * H), False, S)]
@@ -438,8 +439,7 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
               "product of [emb; h~; h], W_c [ctx; h] and the generator), each timed alone as `A @ W.T` into one "
               f"output on 2 threads, median over bursts of {GEMM_BURST} products of one library at a time: the "
               "decoders' own `mm_nt` on BLAS (SciPy's OpenBLAS, through Numba) and PyTorch's `matmul` (MKL). "
-              "Their sum is "
-              "what the products alone cost a call, steps = output tokens / B. The ceilings are the largest "
+              "Their sum is what the products alone cost a call, steps = output tokens / B. The ceilings are the largest "
               "ratio over the best PyTorch a decoder could reach if everything but these products took no "
               "time: PyTorch's median call / the products' time at OpenBLAS's rate (Numba's library), and "
               "at the faster library's rate for each product. A ceiling below the 2x target puts the target "
