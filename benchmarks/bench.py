@@ -373,29 +373,33 @@ def verdict(ratio, target) -> str:
     return f"{'met' if ratio >= target else 'NOT met'} (>= {target:g}x)"
 
 
+def best_torch_s(r: dict, kind: str) -> float:
+    """PyTorch's median seconds a call for ``kind``: the faster of its two greedy decoders, or its beam search."""
+    if kind == "greedy":
+        return min(r["greedy_torch_protocol"]["median"], r["greedy_torch_batched"]["median"])
+    return r["beam_torch"]["median"]
+
+
 def decode_ceiling(r: dict, kind: str, size: str) -> dict:
     """What the matrix products alone of one decoding call cost, and the Numba / PyTorch ratio a
     decoder doing nothing else could reach: {"openblas_s", "mkl_s", "best_s": the products' seconds
     a call at OpenBLAS's rate, MKL's, and the faster of the two per product; "generator": the
-    generator's share of openblas_s; "ceiling_openblas", "ceiling": PyTorch's median time over
+    generator's share of openblas_s; "ceiling_openblas", "ceiling": ``best_torch_s`` over
     openblas_s and over best_s}. A step's products count steps = output tokens / B times (the
     mean output length: at most the steps the decoder ran, so the ceilings are upper bounds)."""
-    B = SIZES[size][0]
-    torch_s = (min(r["greedy_torch_protocol"]["median"], r["greedy_torch_batched"]["median"]) if kind == "greedy"
-               else r["beam_torch"]["median"])
-    steps = r[f"{kind}_numba"]["tokens"] / B
-    sums = {"openblas_s": 0.0, "mkl_s": 0.0, "best_s": 0.0, "generator_s": 0.0}
+    steps = r[f"{kind}_numba"]["tokens"] / SIZES[size][0]
+    openblas_s = mkl_s = best_s = generator_s = 0.0
     for name, shape, per_step, count in decode_products(size)[kind]:
         n = count * (steps if per_step else 1)
         ms = r["decode_gemm"][shape]
-        sums["openblas_s"] += n * ms["openblas"] / 1e3
-        sums["mkl_s"] += n * ms["mkl"] / 1e3
-        sums["best_s"] += n * min(ms["openblas"], ms["mkl"]) / 1e3
+        openblas_s += n * ms["openblas"] / 1e3
+        mkl_s += n * ms["mkl"] / 1e3
+        best_s += n * min(ms["openblas"], ms["mkl"]) / 1e3
         if name == "generator":
-            sums["generator_s"] = n * ms["openblas"] / 1e3
-    return {"openblas_s": sums["openblas_s"], "mkl_s": sums["mkl_s"], "best_s": sums["best_s"],
-            "generator": sums["generator_s"] / sums["openblas_s"],
-            "ceiling_openblas": torch_s / sums["openblas_s"], "ceiling": torch_s / sums["best_s"]}
+            generator_s = n * ms["openblas"] / 1e3
+    torch_s = best_torch_s(r, kind)
+    return {"openblas_s": openblas_s, "mkl_s": mkl_s, "best_s": best_s, "generator": generator_s / openblas_s,
+            "ceiling_openblas": torch_s / openblas_s, "ceiling": torch_s / best_s}
 
 
 def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
@@ -450,11 +454,9 @@ def report(results, gemm, cold, compile_, memory, args, blas_info) -> str:
     for (size, dtype), r in results.items():
         for kind in ("greedy", "beam"):
             c = decode_ceiling(r, kind, size)
-            torch_s = (min(r["greedy_torch_protocol"]["median"], r["greedy_torch_batched"]["median"])
-                       if kind == "greedy" else r["beam_torch"]["median"])
             lines.append(f"| {size} | {dtype} | {kind} | {c['openblas_s'] * 1e3:.2f} ms | {c['mkl_s'] * 1e3:.2f} ms | "
                          f"{c['generator']:.0%} | {r[f'{kind}_numba']['median'] * 1e3:.2f} ms | "
-                         f"{torch_s * 1e3:.2f} ms | {c['ceiling_openblas']:.2f}x | {c['ceiling']:.2f}x |")
+                         f"{best_torch_s(r, kind) * 1e3:.2f} ms | {c['ceiling_openblas']:.2f}x | {c['ceiling']:.2f}x |")
     lines += ["", "### Fraction of the machine's GEMM rate reached by the training step", "",
               "GEMM rate: NumPy `a @ b` on square (n, n) matrices, same dtype, 2 threads, median, measured "
               "at the start and again at the end of the run; the machine rate is the best of the four (a "
