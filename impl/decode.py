@@ -4,10 +4,15 @@ Both validate their arguments before any kernel runs and use the same decoder
 step as the teacher-forced forward pass, so ``forward`` on the decoded tokens
 reports the same log-probabilities and attention (to rounding when the call
 runs its products on tiles: ``kernels_matmul.use_tiles``).
+
+Rows never interact: a large call decodes the two halves of its batch at the
+same time on two threads (``use_halves``), each with one BLAS thread.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,13 +56,62 @@ def _prepare(params, config, src, src_len, max_len):
     return config, params, np.ascontiguousarray(src), np.ascontiguousarray(src_len), max_len
 
 
+HALVES_MIN_ROWS = 128
+
+
+def use_halves(B: int, rows: int) -> bool:
+    """Whether a decoding call of B source rows and ``rows`` rows per step (B * beam size)
+    decodes the two halves of its batch on two threads.
+
+    Besides the products, a decoding step does work on one core (the LSTM's gates,
+    the attention, the vocabulary pass, beam search's ranking) that grows with
+    the rows. Time in halves / time whole, measured on the 2-core machine in
+    session 17 (docs/performance-history.md): 0.64-0.89 at 160 rows (small greedy
+    decoding with B = 160, small beam search), 0.80-0.90 at medium size with 128
+    and 320 rows, 0.94-0.96 at 160 rows of H = 512; but 1.2-1.75 at 32 rows
+    (small greedy), 0.94-1.12 at 64 (medium greedy), 1.03-1.10 at 80 rows of
+    H = 512 (large beam search).
+    """
+    return B >= 2 and rows >= HALVES_MIN_ROWS
+
+
+_second_thread = None                       # (pid, executor), made at the first call in halves
+
+
+def in_halves(decode_rows, src, src_len):
+    """``decode_rows(src, src_len)`` (a tuple of arrays, one row per source row) for the
+    first half of the rows on a second thread and the second half on this one, joined.
+
+    Each half's rows get what a call on that half alone gives them (exactly: the
+    kernels do not share state), which may differ from a call on the whole batch in
+    the last bits, as any change of the batch may (BLAS sums other shapes in other
+    orders).
+    """
+    global _second_thread
+    # A forked child inherits the executor but not its thread: work sent there never runs.
+    if _second_thread is None or _second_thread[0] != os.getpid():
+        _second_thread = os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnspec-decode")
+    half = src.shape[0] // 2
+    first = _second_thread[1].submit(decode_rows, src[:half], src_len[:half])
+    second = decode_rows(src[half:], src_len[half:])
+    return tuple(np.concatenate(pair) for pair in zip(first.result(), second))
+
+
+def _decode(kernel, params, config, src, src_len, rows, *args):
+    """kernel(w, src, src_len, *args) over the rows of src: on tiles, in halves or whole."""
+    w = pack_weights(params, config, tiles=use_tiles(rows, config.H))
+    halves = use_halves(src.shape[0], rows)
+    with one_pool(w.tiles or halves):
+        if halves:
+            return in_halves(lambda s, n: kernel(w, s, n, *args), src, src_len)
+        return kernel(w, src, src_len, *args)
+
+
 def greedy_decode(params, config, src, src_len, max_len: int) -> DecodeResult:
     """Start from BOS, feed back the argmax (lowest id on ties), stop a row at EOS or max_len."""
     config, params, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
-    w = pack_weights(params, config, tiles=use_tiles(src.shape[0], config.H))
-    with one_pool(w.tiles):
-        tokens, lengths, scores, attention = greedy_kernel(w, src, src_len, max_len, config.bos_id,
-                                                           config.eos_id, config.pad_id)
+    tokens, lengths, scores, attention = _decode(greedy_kernel, params, config, src, src_len, src.shape[0],
+                                                 max_len, config.bos_id, config.eos_id, config.pad_id)
     _check_finite("greedy_decode", scores)
     normalized = (scores / lengths).astype(scores.dtype)
     return DecodeResult(tokens, lengths, scores, normalized, attention)
@@ -78,10 +132,8 @@ def beam_search(params, config, src, src_len, beam_size: int, max_len: int,
     beam_size = check_positive_int("beam_size", beam_size)
     if not isinstance(length_normalize, (bool, np.bool_)):
         raise TypeError(f"length_normalize: expected a bool, got {type(length_normalize).__name__}")
-    w = pack_weights(params, config, tiles=use_tiles(src.shape[0] * beam_size, config.H))
-    with one_pool(w.tiles):
-        tokens, lengths, scores, normalized, attention = beam_kernel(
-            w, src, src_len, beam_size, max_len, bool(length_normalize), config.bos_id, config.eos_id,
-            config.pad_id)
+    tokens, lengths, scores, normalized, attention = _decode(
+        beam_kernel, params, config, src, src_len, src.shape[0] * beam_size, beam_size, max_len,
+        bool(length_normalize), config.bos_id, config.eos_id, config.pad_id)
     _check_finite("beam_search", scores)
     return DecodeResult(tokens, lengths, scores, normalized, attention)

@@ -291,14 +291,16 @@ def _blas_pool():
 
 
 @contextmanager
-def one_pool(tiles: bool):
-    """Run the body with Numba's threads alone on the cores when ``tiles``; else do nothing.
+def one_pool(active: bool):
+    """Run the body with the caller's threads alone on the cores when ``active``; else do nothing.
 
-    Holds BLAS to one thread until the body ends and stops OpenBLAS's worker
-    threads (``blas_thread_shutdown_``), which spin for ~0.1 s after a product;
-    the next multi-threaded product starts them again.
+    For decoding on tiles (Numba's threads) or in halves (two Python threads, one
+    BLAS thread each: ``decode.use_halves``). Holds BLAS to one thread until the
+    body ends and stops OpenBLAS's worker threads (``blas_thread_shutdown_``),
+    which spin for ~0.1 s after a product; the next multi-threaded product starts
+    them again.
     """
-    if not tiles:
+    if not active:
         yield
         return
     controller, stops = _blas_pool()

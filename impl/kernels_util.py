@@ -15,11 +15,13 @@ from numba import njit
 
 # Every kernel: cached on disk, and NumPy's error model (x / 0 gives inf or NaN,
 # which the API's finiteness checks report) instead of Python's ZeroDivisionError,
-# whose test before every division keeps LLVM from vectorising a loop.
-kernel = njit(cache=True, error_model="numpy")
+# whose test before every division keeps LLVM from vectorising a loop. Without the
+# GIL: large decoding calls run the two halves of their batch on two Python threads
+# (``decode.use_halves``), which would otherwise take turns.
+kernel = njit(cache=True, error_model="numpy", nogil=True)
 # A kernel with a single caller: Numba inlines it there instead of compiling it on
 # its own and then again, linked, inside the caller (seconds of LLVM per dtype).
-inlined = njit(cache=True, error_model="numpy", inline="always")
+inlined = njit(cache=True, error_model="numpy", inline="always", nogil=True)
 # A counter that starts at 0 and is passed to a kernel starts as np.int64(0): Numba
 # types a plain 0 as Literal[int](0) in its first pass and compiles the callee once
 # more for that literal, for nothing (``_insert``, ``stable_order_desc``: 0.6 s a dtype).

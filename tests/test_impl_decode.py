@@ -7,11 +7,17 @@ forward pass, and an exhaustive search over every output sequence.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
+import threading
+from queue import Empty
 
 import numpy as np
 import pytest
 
-from attnspec.impl.decode import beam_search, greedy_decode
+from attnspec.impl import decode as decode_api
+from attnspec.impl.decode import beam_search, greedy_decode, use_halves
+from attnspec.impl.kernels_matmul import use_tiles
 from attnspec.impl.kernels_model import encoder_forward
 from attnspec.impl.model import forward, init_params, pack_weights
 from attnspec.spec.config import Config
@@ -186,3 +192,69 @@ def test_the_decoders_encoder_keeps_one_step_of_caches_and_the_same_states(L):
     for full, lean in ((c, c1), (h, h1), (keys, keys1), (gates[:, -1:], gates1), (tanh_c[:, -1:], tanh_c1)):
         np.testing.assert_array_equal(lean, full)
     assert not np.array_equal(gates[:, :1], gates1)          # the check tells the steps apart
+
+
+# -- large calls in halves ---------------------------------------------------------------
+
+def test_a_call_in_halves_gives_each_half_what_a_call_on_it_gives(monkeypatch):
+    """Forced to halves (at 1 row), greedy and beam search over 4 rows return, row for row
+    and bit for bit, two whole calls on rows 0-1 and 2-3, computed on two threads; a beam
+    of width one is still exactly greedy decoding."""
+    cfg, p = model("concat")
+    src, src_len = source()
+    whole = [(greedy_decode(p, cfg, s, n, 7), beam_search(p, cfg, s, n, 3, 7))
+             for s, n in ((src[:2], src_len[:2]), (src[2:], src_len[2:]))]
+    threads = set()
+
+    def recording(kernel):
+        def run(*args):
+            threads.add(threading.current_thread().name)
+            return kernel(*args)
+        return run
+
+    monkeypatch.setattr(decode_api, "HALVES_MIN_ROWS", 1)
+    monkeypatch.setattr(decode_api, "greedy_kernel", recording(decode_api.greedy_kernel))
+    monkeypatch.setattr(decode_api, "beam_kernel", recording(decode_api.beam_kernel))
+    halves = greedy_decode(p, cfg, src, src_len, 7), beam_search(p, cfg, src, src_len, 3, 7)
+    for i, res in enumerate(halves):
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(res, f), np.concatenate([getattr(w[i], f) for w in whole]),
+                                          err_msg=f)
+    assert len(threads) == 2
+    b1 = beam_search(p, cfg, src, src_len, 1, 7)
+    assert all(np.array_equal(getattr(halves[0], f), getattr(b1, f)) for f in FIELDS)
+
+
+def test_halves_and_tiles_never_meet():
+    """Tiles run on Numba's thread pool, which two Python threads must not enter at once."""
+    for rows in range(1, 1025):
+        for H in (8, 64, 256, 512, 1024):
+            assert not (use_tiles(rows, H) and use_halves(2, rows)), (rows, H)
+    assert not use_halves(1, 4096)                                 # one source row: no halves
+
+
+def _decode_in_child(args, queue):
+    queue.put(greedy_decode(*args).tokens)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_decodes_in_halves(monkeypatch):
+    """The child of a fork that had decoded in halves inherits the second thread's executor
+    but not its thread: it must make its own, not wait forever."""
+    cfg, p = model()
+    src, src_len = source()
+    monkeypatch.setattr(decode_api, "HALVES_MIN_ROWS", 1)
+    expected = greedy_decode(p, cfg, src, src_len, 7).tokens           # the executor now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_decode_in_child, args=((p, cfg, src, src_len, 7), queue))
+    child.start()
+    try:
+        tokens = queue.get(timeout=60)                # the child needs well under a second
+    except Empty:
+        pytest.fail("the forked child did not decode within 60 s")
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+    np.testing.assert_array_equal(tokens, expected)
