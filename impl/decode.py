@@ -68,9 +68,10 @@ def use_halves(B: int, rows: int) -> bool:
     the rows. Time in halves / time whole, measured on the 2-core machine in
     session 17 (docs/performance-history.md): 0.64-0.89 at 160 rows (small greedy
     decoding with B = 160, small beam search), 0.80-0.90 at medium size with 128
-    and 320 rows, 0.94-0.96 at 160 rows of H = 512; but 1.2-1.75 at 32 rows
-    (small greedy), 0.94-1.12 at 64 (medium greedy), 1.03-1.10 at 80 rows of
-    H = 512 (large beam search).
+    and 320 rows, 0.94-0.96 at 160 rows of H = 512; but 1.22-1.75 in seven
+    alternations of eight at 32 rows (small greedy), 0.86-1.12 at 64 (medium
+    greedy, a gain in float64 only), 1.03-1.10 at 80 rows of H = 512 (large
+    beam search).
     """
     return B >= 2 and rows >= HALVES_MIN_ROWS
 
