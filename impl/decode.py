@@ -79,7 +79,7 @@ def use_halves(B: int, rows: int) -> bool:
 _second_thread = None                       # (pid, executor), made at the first call in halves
 
 
-def in_halves(decode_rows, src, src_len):
+def _in_halves(decode_rows, src, src_len):
     """``decode_rows(src, src_len)`` (a tuple of arrays, one row per source row) for the
     first half of the rows on a second thread and the second half on this one, joined.
 
@@ -104,7 +104,7 @@ def _decode(kernel, params, config, src, src_len, rows, *args):
     halves = use_halves(src.shape[0], rows)
     with one_pool(w.tiles or halves):
         if halves:
-            return in_halves(lambda s, n: kernel(w, s, n, *args), src, src_len)
+            return _in_halves(lambda s, n: kernel(w, s, n, *args), src, src_len)
         return kernel(w, src, src_len, *args)
 
 
