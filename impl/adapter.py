@@ -37,16 +37,3 @@ class NumbaImplementation(Implementation):
     def lstm_cell(self, x, h, c, W_ih, W_hh, b_ih, b_hh):
         return lstm_cell(x, h, c, W_ih, W_hh, b_ih, b_hh)
 
-
-def resolve(target: str | None) -> Implementation:
-    """The implementation to check: None or ``"numba"`` is attnspec's own, ``"torch"`` the
-    bundled PyTorch model, anything else ``module:name`` / ``file.py:name`` (spec.protocol.load)."""
-    from ..spec.protocol import load
-
-    if target in (None, "numba"):
-        return NumbaImplementation()
-    if target == "torch":
-        from .torch_model import TorchImplementation
-
-        return TorchImplementation()
-    return load(target)

@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--adapter", metavar="TARGET", default=None,
                    help="'numba' (default: attnspec's own), 'torch' (the bundled PyTorch model), "
+                   "'reference' or 'mutant:NAME' (as for attnspec check), "
                    "or 'package.module:name' / 'path/to/file.py:name' naming an Implementation")
     c.add_argument("-v", "--verbose", action="store_true", help="print one row per case and quantity")
     c.add_argument("--json", metavar="FILE", help="also write every row to FILE as JSON")
@@ -112,7 +113,7 @@ def vectors_main(args) -> int:
             print(f"wrote {len(manifest['cases'])} cases (format version {manifest['format_version']}) to "
                   f"{args.dir} in {time.perf_counter() - t0:.1f} s")
             return 0
-        from .adapter import resolve
+        from ..spec.conformance.targets import resolve
 
         impl = resolve(args.adapter)
         rows = vectors.check(args.dir, impl, progress=_progress)

@@ -32,6 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "derivations"
 
 
+CONTRACT = ROOT.parent / "shared" / "MODEL.md"
+
+
+@pytest.mark.skipif(not CONTRACT.is_file(), reason=f"the team's contract {CONTRACT} is not beside this checkout")
+def test_docs_model_md_is_the_contract_word_for_word():
+    """docs/model.md is the copy of MODEL.md that readers of the repository and the site get."""
+    assert (ROOT / "docs" / "model.md").read_bytes() == CONTRACT.read_bytes(), \
+        f"docs/model.md differs from {CONTRACT}: copy it again (cp {CONTRACT} docs/model.md)"
+
+
 @pytest.fixture(scope="module")
 def pages() -> dict[str, str]:
     """The pages as generated now (about 30 s: every identity and BPTT check is decided)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from decimal import Decimal
 
 import numpy as np
@@ -351,3 +352,15 @@ def test_cli_bad_arguments_exit_2_naming_them(tmp_path, capsys):
     assert "no_such_module_xyz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["vectors"])
+
+
+def test_cli_names_targets_as_attnspec_check_does(exported, capsys, monkeypatch):
+    """``--adapter`` takes the conformance kit's names: the reference passes, a mutant fails,
+    and ``torch`` without PyTorch is a bad argument (exit 2), not a traceback."""
+    assert main(["vectors", "check", str(exported), "--adapter", "reference"]) == 0
+    assert main(["vectors", "check", str(exported), "--adapter", "mutant:W_c_order_swapped"]) == 1
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "torch", None)             # import torch raises ImportError
+    monkeypatch.delitem(sys.modules, "attnspec.impl.torch_model", raising=False)
+    assert main(["vectors", "check", str(exported), "--adapter", "torch"]) == 2
+    assert "torch" in capsys.readouterr().err
