@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..spec.config import SCORES
-from ..spec.validate import as_float_array, check_attention_params, src_len_from_mask
+from ..spec.validate import all_finite, as_float_array, check_attention_params, src_len_from_mask
 from .kernels_attention import (CONCAT, GENERAL, MODES, attention_backward, attention_forward,
                                 attention_keys_backward, project_keys)
 
@@ -42,6 +42,7 @@ def attention(score: str, query, keys, mask, W_a=None, v_a=None) -> tuple[np.nda
     k = _prepare(score, query, keys, mask, W_a, v_a)
     attention_forward(k.mode, k.query, k.keys, k.keys_proj, k.W_q, k.v_a, k.denom, np.arange(k.B), k.src_len,
                       k.q_proj, k.weights, k.ctx)
+    _check_finite("attention", k.weights, k.ctx)
     return k.weights, k.ctx
 
 
@@ -87,10 +88,44 @@ def _prepare(score: str, query, keys, mask, W_a, v_a) -> _Step:
         W_q, W_k = empty, (W_a if score == "general" else empty)
     v = v_a if score == "concat" else np.zeros(0, dt)
     denom = dt.type(math.sqrt(H) if score == "scaled_dot" else 1.0)
+    _check_scores_fit(score, query, keys, W_a, v_a)
     mode = MODES[score]
     keys_proj = project_keys(mode, keys, W_k)
     return _Step(mode, query, keys, keys_proj, W_q, W_k, v, denom, src_len,
                  np.zeros((B, H), dt), np.zeros((B, S), dt), np.zeros((B, H), dt))
+
+
+def _check_scores_fit(score: str, query, keys, W_a, v_a) -> None:
+    """Refuse inputs whose scores (or concat's pre-activations) could overflow their dtype.
+
+    An overflowed score is an infinity, and one of -inf takes its position's weight
+    to 0 whatever the exact score was: a wrong result that no check of the
+    outputs sees. Bounds, with m_x the largest |entry| of x and H terms per dot
+    product: dot |q.k| <= H m_q m_k; general |q.(W_a k)| <= H^2 m_q m_W m_k;
+    concat |W_a [q; k]| <= 2H m_W max(m_q, m_k) before the tanh, and H m_v after
+    it. Each must stay below a quarter of the dtype's largest value (room for the
+    rounding of the sums).
+    """
+    H = query.shape[1]
+    m = {name: float(np.max(np.abs(a), initial=0.0)) for name, a in
+         (("query", query), ("keys", keys), ("W_a", W_a), ("v_a", v_a)) if a is not None}
+    if score in ("dot", "scaled_dot"):
+        bound, names = H * m["query"] * m["keys"], "query, keys"
+    elif score == "general":
+        bound, names = H * H * m["query"] * m["W_a"] * m["keys"], "query, keys, W_a"
+    else:
+        bound, names = max(2 * H * m["W_a"] * max(m["query"], m["keys"]), H * m["v_a"]), "query, keys, W_a, v_a"
+    limit = float(np.finfo(query.dtype).max) / 4
+    if not bound <= limit:
+        reach = f"{bound:.3g}" if math.isfinite(bound) else f"more than {4 * limit:.3g}"
+        raise ValueError(f"{names}: too large for {query.dtype}: a {score} score could reach {reach}, "
+                         f"above {limit:.3g}, and overflow to infinity")
+
+
+def _check_finite(name: str, *arrays) -> None:
+    for a in arrays:
+        if not all_finite(a):
+            raise FloatingPointError(f"{name}: non-finite result (overflow); the inputs are too large for {a.dtype}")
 
 
 def attention_vjp(score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> dict[str, np.ndarray]:
@@ -142,4 +177,5 @@ def attention_vjp(score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> d
         dW_q = dq_proj.T @ k.query                                    # z = W_q h + W_k k
         grads["W_a"] = np.concatenate([dW_q, dW_k], axis=1)           # W_a = [W_q | W_k]
         grads["v_a"] = dv_a
+    _check_finite("attention_vjp", *grads.values())
     return grads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -25,6 +26,7 @@ def _demo(args) -> int:
                              "drop --no-attention/--score")
         from attnspec.impl.compare import compare_bottleneck
 
+        demo.check_out_folder(args.out or "docs")  # before training, not after it
         compare_bottleneck(args.task, max_len=args.max_len or 40, steps=args.steps or 5000, seed=args.seed,
                            out=args.out or "docs", quiet=args.quiet)
         return 0
@@ -40,6 +42,8 @@ def _demo(args) -> int:
 def _translate(args) -> int:
     from attnspec.impl import demo
 
+    if args.heatmap and not os.path.isdir(os.path.dirname(os.path.abspath(args.heatmap))):
+        raise ValueError(f"heatmap: no folder {os.path.dirname(os.path.abspath(args.heatmap))!r} to write into")
     output, _ = demo.translate(args.checkpoint, args.text, beam=args.beam, heatmap=args.heatmap)
     print(output)
     if args.heatmap:
@@ -54,6 +58,18 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+MAX_SOURCE_LEN = 200
+"""The longest source ``demo --max-len`` takes: the tasks make thousands of strings of up to that
+length (10**8 ran out of time and memory)."""
+
+
+def _source_len(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SOURCE_LEN:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_SOURCE_LEN}, got {value}")
     return value
 
 
@@ -98,8 +114,8 @@ def _add_demo(sub) -> None:
                    help="stop training after this long (default 540)")
     p.add_argument("--target", type=_positive_float, metavar="ACC",
                    help="stop once the validation exact match reaches ACC in (0, 1] (default per task)")
-    p.add_argument("--max-len", type=_positive_int, metavar="N",
-                   help="longest source of reverse/copy (default 12; 40 with --compare)")
+    p.add_argument("--max-len", type=_source_len, metavar="N",
+                   help=f"longest source of reverse/copy, at most {MAX_SOURCE_LEN} (default 12; 40 with --compare)")
     p.add_argument("--examples", type=_count, default=4, metavar="N",
                    help="test examples drawn in the heatmap (default 4; 0 for none)")
     p.add_argument("--compare", action="store_true",
@@ -159,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("demo", "translate"):
         try:  # bad input is reported in one line, not as a traceback
             return args.run(args)
-        except (ValueError, FileNotFoundError, ImportError) as exc:
+        except (ValueError, FileNotFoundError, ImportError, OverflowError) as exc:
             print(f"attnspec {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except MemoryError as exc:  # the limits above should prevent it; never a traceback
+            print(f"attnspec {args.command}: error: out of memory ({exc or 'allocation failed'})", file=sys.stderr)
             return 2
     return args.run(args)
 

@@ -50,10 +50,32 @@ class DecodeResult:
 
 def _prepare(params, config, src, src_len, max_len):
     config = _check_config(config)
-    params = check_params(params, config, dtype=config.dtype)
+    params = check_params(params, config, dtype=config.dtype, products_fit=True)
     src, src_len = check_source(config, src, src_len)
     max_len = check_positive_int("max_len", max_len)
     return config, params, np.ascontiguousarray(src), np.ascontiguousarray(src_len), max_len
+
+
+def _check_memory(names: str, config, src, beam_size: int, max_len: int) -> None:
+    """Refuse a call whose arrays would not fit in this machine's memory, naming ``names``.
+
+    A decoding call keeps, for each of its B * beam_size rows and each of max_len
+    steps, the attention weights (S of them), the token and the parent beam, and
+    returns (B, max_len, S) attention weights; each row also needs a step's
+    logits (V) and states. A huge max_len or beam size would otherwise end in a
+    MemoryError from inside the kernel or in the system's out-of-memory killer.
+    (Beam search also ranks 2 * beam_size^2 candidates per source row.)
+    """
+    B, S = src.shape
+    item = np.dtype(config.dtype).itemsize
+    rows = B * beam_size
+    per_step = rows * (S * item + 16) + B * (S * item + 8)
+    per_row = item * (config.V_tgt + config.E + 4 * config.H + 8 * config.H * config.L)
+    need = max_len * per_step + rows * per_row + 64 * beam_size ** 2  # Python ints: no overflow
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(f"{names}: decoding B = {B} source rows with beam size {beam_size} for up to {max_len} "
+                         f"steps needs about {need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.3g} GiB")
 
 
 HALVES_MIN_ROWS = 128
@@ -111,6 +133,7 @@ def _decode(kernel, params, config, src, src_len, rows, *args):
 def greedy_decode(params, config, src, src_len, max_len: int) -> DecodeResult:
     """Start from BOS, feed back the argmax (lowest id on ties), stop a row at EOS or max_len."""
     config, params, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
+    _check_memory("max_len", config, src, 1, max_len)
     tokens, lengths, scores, attention = _decode(greedy_kernel, params, config, src, src_len, src.shape[0],
                                                  max_len, config.bos_id, config.eos_id, config.pad_id)
     _check_finite("greedy_decode", scores)
@@ -131,6 +154,7 @@ def beam_search(params, config, src, src_len, beam_size: int, max_len: int,
     """
     config, params, src, src_len, max_len = _prepare(params, config, src, src_len, max_len)
     beam_size = check_positive_int("beam_size", beam_size)
+    _check_memory("beam_size, max_len", config, src, beam_size, max_len)
     if not isinstance(length_normalize, (bool, np.bool_)):
         raise TypeError(f"length_normalize: expected a bool, got {type(length_normalize).__name__}")
     tokens, lengths, scores, normalized, attention = _decode(

@@ -37,6 +37,9 @@ DEFAULTS = {
     "copy": dict(E=32, H=64, batch_size=64, lr=3e-3, steps=3000, eval_every=200, target=0.99),
 }
 DTYPE = "float64"
+MAX_TARGET = 100_000
+"""The largest ``max_target`` ``translate`` accepts from a checkpoint: a guard against a corrupt
+value (10**12 would make the decoder ask for terabytes), far above any task's longest target."""
 
 
 def one_blas_thread():
@@ -156,7 +159,8 @@ def run_demo(task_name: str = "dates", *, steps: int | None = None, seed: int = 
     score : str
         Attention score, or ``"none"`` for plain seq2seq (no heatmap then).
     out : path
-        Folder for ``<task>.npz`` and ``<task>-attention.png``.
+        Folder for ``<task>.npz`` and ``<task>-attention.png``; created (or
+        refused with ``ValueError`` naming ``out``) before training.
     max_len : int, optional
         Longest source of ``reverse``/``copy`` (default 12).
     examples : int
@@ -174,7 +178,10 @@ def run_demo(task_name: str = "dates", *, steps: int | None = None, seed: int = 
     target = settings["target"] if target is None else target
     if not (isinstance(target, (int, float)) and 0 < target <= 1):
         raise ValueError(f"target: expected an accuracy in (0, 1], got {target!r}")
-    out = Path(out)
+    out = check_out_folder(out)
+    for name in (f"{task.name}.npz", f"{task.name}-attention.png"):
+        if (out / name).is_dir():
+            raise ValueError(f"out: {str(out / name)!r}, where the demo writes, is a directory")
     say(f"task {task.name}: {len(task.train)} training pairs, e.g. {task.train[0][0]!r} -> {task.train[0][1]!r}")
     say(f"model: E={config.E} H={config.H} score={config.score} {config.dtype}; batch {settings['batch_size']}, "
         f"Adam lr {settings['lr']}; stop at {target:.1%} validation exact match or {time_budget:.0f} s")
@@ -210,7 +217,6 @@ def run_demo(task_name: str = "dates", *, steps: int | None = None, seed: int = 
         say(f"  {src!r:>32} -> {o!r}{'' if correct[i] else f'   (expected {tgt!r})'}")
 
     ckpt = out / f"{task.name}.npz"
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"task": task.name, "src_chars": task.src_vocab.chars, "tgt_chars": task.tgt_vocab.chars,
             "max_target": task.max_target, "seed": seed, "test_accuracy": test_acc, "seconds": seconds}
     save_checkpoint(ckpt, config, params, result.optim_state, step=step, extra={"demo": meta},
@@ -228,6 +234,18 @@ def run_demo(task_name: str = "dates", *, steps: int | None = None, seed: int = 
         say("no attention heatmap: the baseline (score 'none') has no attention")
     return DemoResult(task.name, config.score, step, seconds, curve[-1][2], test_acc, stopped[0], ckpt,
                       heatmap, curve, by_form)
+
+
+def check_out_folder(out) -> Path:
+    """``out`` as a Path to a folder, created now, so that a bad ``--out`` fails before training."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {str(out)!r} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission...
+        raise ValueError(f"out: cannot create the folder {str(out)!r} ({exc.strerror or exc})") from None
+    return out
 
 
 def _by_form(forms, correct) -> dict[str, float]:
@@ -259,25 +277,48 @@ def _panel(source: str, output: str, attention) -> tuple:
 # -- translate -----------------------------------------------------------------
 
 def load_demo(path):
-    """``(params, config, src_vocab, tgt_vocab, max_target)`` from a checkpoint written by ``run_demo``."""
+    """``(params, config, src_vocab, tgt_vocab, max_target)`` from a checkpoint written by ``run_demo``.
+
+    The demo metadata is checked: each vocabulary must be a str of distinct
+    characters whose size (+ the special ids) is the model's, and
+    ``max_target`` an int in [1, ``MAX_TARGET``]; else ``ValueError`` naming ``path``.
+    """
     ckpt = load_checkpoint(path)
     meta = ckpt.extra.get("demo")
     if not isinstance(meta, dict) or not {"src_chars", "tgt_chars", "max_target"} <= set(meta):
         raise ValueError(f"path: {str(path)!r} holds no vocabularies; was it written by `attnspec demo`?")
-    return ckpt.params, ckpt.config, Vocab(meta["src_chars"]), Vocab(meta["tgt_chars"]), int(meta["max_target"])
+    config, max_target = ckpt.config, meta["max_target"]
+    try:
+        vocabs = []
+        for name, size in (("src_chars", "V_src"), ("tgt_chars", "V_tgt")):
+            try:
+                vocab = Vocab(meta[name])
+            except (TypeError, ValueError) as exc:  # Vocab names its argument "chars"
+                raise ValueError(f"{name}: {str(exc).partition(': ')[2]}") from None
+            if len(vocab) != getattr(config, size):  # ids the model or the vocabulary lacks
+                raise ValueError(f"{name}: {len(vocab.chars)} characters (+ {len(Vocab.SPECIALS)} special ids) "
+                                 f"do not match the model's {size} = {getattr(config, size)}")
+            vocabs.append(vocab)
+        if isinstance(max_target, bool) or not isinstance(max_target, int) or not 1 <= max_target <= MAX_TARGET:
+            raise ValueError(f"max_target: expected an int in [1, {MAX_TARGET}], got {max_target!r}")
+    except ValueError as exc:
+        raise ValueError(f"path: {str(path)!r} holds malformed demo metadata: {exc}") from None
+    return ckpt.params, config, vocabs[0], vocabs[1], max_target
 
 
 @_on_one_blas_thread
 def translate(path, text: str, *, beam: int = 1, heatmap=None):
     """Decode ``text`` with the demo checkpoint at ``path``; returns ``(output, attention)``.
 
-    Greedy, or beam search of width ``beam``; at most ``max(max_target, len(text))``
-    characters are emitted. With ``heatmap`` (a PNG path) the attention of the
-    output is drawn there.
+    Greedy, or beam search of width ``beam``, at most the target vocabulary
+    size (the first step has no more candidates, and the cap stops a mistyped
+    width from allocating beam x length x source memory); at most
+    ``max(max_target, len(text))`` characters are emitted. With ``heatmap`` (a
+    PNG path) the attention of the output is drawn there.
     """
     params, config, src_vocab, tgt_vocab, default_max = load_demo(path)
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam: expected an int >= 1, got {beam!r}")
+    if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= config.V_tgt:
+        raise ValueError(f"beam: expected an int in [1, {config.V_tgt}] (the target vocabulary size), got {beam!r}")
     if heatmap is not None and not config.attention:
         raise ValueError("heatmap: this checkpoint is the baseline without attention (score 'none')")
     [(output, attention)] = predict(params, config, src_vocab, tgt_vocab, [text],

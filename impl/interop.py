@@ -96,12 +96,15 @@ def from_state_dict(state_dict, config: Config, dtype=None) -> dict[str, np.ndar
         raise TypeError(f"config: expected a Config, got {type(config).__name__}")
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict: expected a mapping of name -> tensor/array, got {type(state_dict).__name__}")
-    dtype = np.dtype(config.dtype if dtype is None else dtype)
+    try:
+        dtype = np.dtype(config.dtype if dtype is None else dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype: {exc}") from None
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"dtype: expected a floating-point dtype, got {dtype}")
     arrays = {name: _to_numpy(name, value) for name, value in state_dict.items()}
     try:
-        params = check_params(arrays, config)
+        params = check_params(arrays, config, dtype=dtype)           # finite after the conversion too
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"state_dict: {exc}") from None
     return {name: np.array(a, dtype=dtype, order="C", copy=True) for name, a in params.items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spec.validate import as_float_array
+from ..spec.validate import all_finite, as_float_array
 from .kernels_lstm import lstm_cell_forward
 
 __all__ = ["lstm_cell"]
@@ -60,7 +60,13 @@ def lstm_cell(x, h, c, W_ih, W_hh, b_ih, b_hh) -> tuple[np.ndarray, np.ndarray, 
         raise ValueError(f"h: expected a non-empty [B, H] array, got shape {h.shape}")
     # The pre-activations are two small matrix products, as in the model's kernels
     # (which also add the two biases first); the cell's nonlinear part is the kernel.
-    z = np.ascontiguousarray(x @ W_ih.T + h @ W_hh.T + (b_ih + b_hh), dtype=dt)   # (B, 4H)
+    with np.errstate(over="ignore", invalid="ignore"):                               # reported below
+        z = np.ascontiguousarray(x @ W_ih.T + h @ W_hh.T + (b_ih + b_hh), dtype=dt)   # (B, 4H)
+    # An overflowed pre-activation is an infinity that the gates' sigmoid and tanh turn into
+    # a finite, wrong value (sigma(-inf) = 0 whatever z was): refuse it here.
+    if not all_finite(z):
+        raise FloatingPointError(f"lstm_cell: the pre-activations W_ih x + b_ih + W_hh h + b_hh overflow {dt}; "
+                                 f"the inputs are too large")
     gates = np.empty((B, 4 * H), dt)
     c_new, tanh_c, h_new = (np.empty((B, H), dt) for _ in range(3))
     lstm_cell_forward(z, c, gates, c_new, tanh_c, h_new)

@@ -159,7 +159,7 @@ def unpack_grads(g: tuple, config: Config) -> dict[str, np.ndarray]:
 
 def _prepare(params, config, src, src_len, tgt):
     config = _check_config(config)
-    params = check_params(params, config, dtype=config.dtype)
+    params = check_params(params, config, dtype=config.dtype, products_fit=True)
     src, src_len, tgt = check_batch(config, src, src_len, tgt)
     w = pack_weights(params, config)
     y_in = np.ascontiguousarray(tgt[:, :-1])

@@ -121,7 +121,8 @@ class Adam:
     betas : (float, float)
         Decay rates of the first and second moments, each in [0, 1).
     eps : float
-        Added to ``sqrt(v^)`` (> 0), default 1e-8.
+        Added to ``sqrt(v^)`` (> 0), default 1e-8. It must be a normal number in
+        the parameters' dtype (>= 1.2e-38 for float32, see ``check_dtype``).
     weight_decay : float
         L2 coefficient (>= 0), default 0.
 
@@ -149,6 +150,19 @@ class Adam:
         _check_float("eps", self.eps, 0.0, low_open=True)
         _check_float("weight_decay", self.weight_decay, 0.0)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def check_dtype(self, dtype) -> None:
+        """Raise ``ValueError`` naming ``eps`` unless it is a normal number in ``dtype``.
+
+        An ``eps`` that rounds to 0 (1e-50 in float32) turns the update of a
+        parameter whose gradient has always been 0 (the PAD embedding row) into
+        0 / 0 = NaN; a subnormal one is no safer (m / eps overflows).
+        """
+        dtype = np.dtype(dtype)
+        tiny = np.finfo(dtype).tiny
+        if not dtype.type(self.eps) >= tiny:
+            raise ValueError(f"eps: {self.eps} is below the smallest normal {dtype} ({float(tiny):.3g}), "
+                             "so it rounds to 0 or a subnormal in the parameters' dtype")
 
     def to_dict(self) -> dict:
         """The hyperparameters as JSON-ready data (for checkpoints)."""
@@ -207,6 +221,8 @@ class Adam:
             raise TypeError(f"params: expected a mapping of name -> array, got {type(params).__name__}")
         _check_grads(grads, params)
         self._check_state(state, params)
+        for dtype in {p.dtype for p in params.values() if np.issubdtype(p.dtype, np.floating)}:
+            self.check_dtype(dtype)
         beta1, beta2 = self.betas
         state["step"] += 1
         t = int(state["step"])

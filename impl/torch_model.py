@@ -142,7 +142,7 @@ class TorchSeq2Seq(nn.Module):
     def from_params(cls, params, config: Config) -> "TorchSeq2Seq":
         """A model holding (copies of) ``params``, loaded with ``strict=True``."""
         model = cls(config)
-        params = check_params(params, config, dtype=config.dtype)
+        params = check_params(params, config, dtype=config.dtype, products_fit=True)
         model.load_state_dict({k: torch.tensor(v) for k, v in params.items()}, strict=True)
         return model
 
@@ -395,7 +395,6 @@ def beam_batched(model: TorchSeq2Seq, src, src_len, beam_size: int, max_len: int
     M = min(2 * K, V)
     dt = getattr(torch, c.dtype)
     neg_inf = float("-inf")
-    rank = torch.arange(K * M)
     slot = torch.arange(K)
     base = torch.arange(B) * K                                         # row of beam 0 of each source row
     with torch.no_grad():

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -22,7 +24,7 @@ from attnspec.impl.checkpoint import load_checkpoint, save_checkpoint
 from attnspec.impl.model import forward, init_params, loss_and_grads
 from attnspec.impl.optim import Adam, clip_grad_norm
 from attnspec.spec.config import Config
-from attnspec.spec.validate import check_params
+from attnspec.spec.validate import all_finite, check_params
 
 
 # -- batches -------------------------------------------------------------------
@@ -164,7 +166,7 @@ class Progress:
 
     def __init__(self, total: int, start: int = 0, stream=None, enabled: bool = True, interval: float = 0.1):
         self.total, self.start, self.enabled, self.interval = total, start, enabled, interval
-        self.stream = sys.stderr if stream is None else stream
+        self.stream = sys.stderr if stream is None else _check_stream(stream)
         isatty = getattr(self.stream, "isatty", None)
         self.tty = bool(isatty and isatty())
         self.t0 = self.last = time.perf_counter()
@@ -186,8 +188,13 @@ class Progress:
             self.next_line = step + max(1, (self.total - self.start) // 10)
         else:
             return
-        self.stream.flush()
+        self._flush()
         self.last, self.losses, self.shown = now, [], step
+
+    def _flush(self) -> None:
+        flush = getattr(self.stream, "flush", None)  # optional: any object with .write is a stream
+        if callable(flush):
+            flush()
 
     def _line(self, step: int, now: float) -> str:
         width = 20
@@ -207,7 +214,7 @@ class Progress:
             self.stream.write("\r" + line if self.tty else line + "\n")
         if self.enabled and self.tty:
             self.stream.write("\n")
-            self.stream.flush()
+            self._flush()
 
 
 # -- the loop ------------------------------------------------------------------
@@ -232,6 +239,25 @@ def _fingerprint(batches: list[Batch]) -> str:
             h.update(np.ascontiguousarray(a).tobytes())
             h.update(str(a.shape).encode())
     return h.hexdigest()
+
+
+def _check_stream(stream):
+    if not callable(getattr(stream, "write", None)):
+        raise TypeError(f"stream: expected a file-like object with a write method, got {type(stream).__name__}")
+    return stream
+
+
+def _check_checkpoint_path(path) -> Path:
+    """``path`` as a Path that ``save_checkpoint`` can write to: checked before training, not after it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_path: expected a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint_path: {str(path)!r} is a directory; give a file name in it, "
+                         f"e.g. {str(path / 'ckpt.npz')!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"checkpoint_path: folder {str(path.parent)!r} does not exist")
+    return path
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -270,13 +296,15 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
     valid_pairs : list of pairs, optional
         Held-out data, evaluated every ``eval_every`` steps and at the end.
     checkpoint_path : path, optional
-        Saved every ``checkpoint_every`` steps (0: never) and at the end.
+        Saved every ``checkpoint_every`` steps (0: never) and at the end; its
+        folder must exist.
     resume_from : path, optional
         Continue from a checkpoint written by this function; ``config``,
         ``seed``, ``batch_size``, ``sort_by_length``, ``optimizer``,
         ``clip_norm`` and the data must be those it was written with.
     progress : bool
-        Show a progress line on ``stream`` (default stderr).
+        Show a progress line on ``stream`` (default stderr; any object with a
+        ``write`` method).
     on_eval : callable, optional
         ``on_eval(step, params)`` is called every ``eval_every`` steps (after
         the update of that step). It may return an ``EvalReport``: its
@@ -289,6 +317,12 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
     TrainResult
         Final parameters and optimizer state, and the history of the whole
         run (including steps done before a resume).
+
+    Raises
+    ------
+    FloatingPointError
+        Naming the step, when its loss or gradient norm is not finite, or its
+        update leaves a parameter NaN or infinite.
 
     Examples
     --------
@@ -306,10 +340,15 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
     optimizer = Adam() if optimizer is None else optimizer
     if not isinstance(optimizer, Adam):
         raise TypeError(f"optimizer: expected an Adam, got {type(optimizer).__name__}")
+    optimizer.check_dtype(config.dtype)
     if clip_norm is not None:
         clip_grad_norm({}, clip_norm)  # validates clip_norm
     if checkpoint_every and checkpoint_path is None:
         raise ValueError("checkpoint_path: required when checkpoint_every > 0")
+    if checkpoint_path is not None:
+        checkpoint_path = _check_checkpoint_path(checkpoint_path)
+    if stream is not None:
+        _check_stream(stream)
     if params is not None and resume_from is not None:
         raise ValueError("params: give either params or resume_from, not both")
     if on_eval is not None and not callable(on_eval):
@@ -330,6 +369,9 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
         if ckpt.config != config:
             raise ValueError(f"config: differs from the checkpoint's {ckpt.config}")
         saved = ckpt.extra.get("train_settings", {})
+        if not isinstance(saved, dict):
+            raise ValueError(f"resume_from: {str(resume_from)!r} holds malformed train_settings "
+                             f"(expected a JSON object, got {type(saved).__name__})")
         for key, value in settings.items():
             if saved.get(key) != value:
                 name = "train_pairs" if key == "data_sha256" else key
@@ -337,12 +379,17 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
         if ckpt.optim_state is None:
             raise ValueError(f"resume_from: {str(resume_from)!r} holds no optimizer state")
         params, state, step = ckpt.params, ckpt.optim_state, ckpt.step
+        try:  # now, rather than at the first update
+            optimizer._check_state(state, params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"resume_from: {str(resume_from)!r} holds an optimizer state that does not "
+                             f"fit its parameters: {exc}") from None
         for key in history:
             history[key] = ckpt.arrays.get(f"history.{key}", np.zeros(0)).tolist()
     else:
         if params is None:
             params = init_params(config, seed)
-        params = {k: v.copy() for k, v in check_params(params, config, dtype=config.dtype).items()}
+        params = {k: v.copy() for k, v in check_params(params, config, dtype=config.dtype, products_fit=True).items()}
         state, step = optimizer.init_state(params), 0
 
     def save():
@@ -369,6 +416,10 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
             raise FloatingPointError(f"step {step + 1}: loss {loss}, gradient norm {norm}; lower the learning rate")
         optimizer.step(params, grads, state)
         step += 1
+        bad = next((name for name, p in params.items() if not all_finite(p)), None)
+        if bad is not None:  # e.g. a huge learning rate: report it here, not as NaN parameters at the end
+            raise FloatingPointError(f"step {step}: the update made params[{bad!r}] NaN or infinite; "
+                                     "lower the learning rate")
         history["step"].append(step)
         history["loss"].append(float(loss))
         history["grad_norm"].append(norm)

@@ -29,6 +29,15 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
 
 
+def _dtype_name(dtype) -> str:
+    """The name of a NumPy dtype or scalar type (``np.float32`` -> ``"float32"``)."""
+    import numpy as np  # here, not at the top: the CLI's parser imports this module and must not load NumPy
+
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        return np.dtype(dtype).name
+    raise TypeError(f"dtype: expected one of {DTYPES} (a str or NumPy dtype), got {dtype!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     """Sizes and options of one attention seq2seq model (MODEL.md notation).
@@ -47,7 +56,10 @@ class Config:
     input_feeding : bool
         Feed h~_{t-1} into the decoder input (default True).
     dtype : str
-        ``"float64"`` (reference precision, default) or ``"float32"``.
+        ``"float64"`` (reference precision, default) or ``"float32"``. A NumPy
+        dtype (``np.float32``, ``np.dtype("float32")``) is stored as its name,
+        so that the config stays JSON-serialisable and equal to the one made
+        with the string.
     pad_id, bos_id, eos_id : int
         Special ids, defaults PAD = 0, BOS = 1, EOS = 2.
 
@@ -79,6 +91,8 @@ class Config:
             )
         if not isinstance(self.input_feeding, bool):
             raise TypeError(f"input_feeding: expected a bool, got {type(self.input_feeding).__name__}")
+        if not isinstance(self.dtype, str):  # frozen: the one way to store the normalised name
+            object.__setattr__(self, "dtype", _dtype_name(self.dtype))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
         for name in ("pad_id", "bos_id", "eos_id"):

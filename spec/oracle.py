@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation, localcontext
 
 import mpmath
 import numpy as np
+from mpmath.libmp import from_man_exp
 
 from .autodiff import AUTODIFF, MPMATH, Var, value_of
 from .config import SCORES, Config, param_shapes
@@ -46,6 +48,9 @@ from .equations import score as score_fn
 from .validate import check_attention_params, check_batch, check_params
 
 __all__ = ["OracleResult", "evaluate", "attention", "finite_difference_grad"]
+
+F64_MAX = float(np.finfo(np.float64).max)
+"""The largest magnitude of any number the oracle takes: the model's inputs are float32/float64 values."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,14 @@ def _check_dps(dps) -> None:
 
 
 def _mpf(x) -> mpmath.mpf:
-    """One number as mpf: float and int exactly, decimal strings rounded once to the working precision."""
+    """One number as mpf: float, int and long double exactly, decimal strings rounded once to the working precision."""
+    if isinstance(x, np.longdouble):
+        # item() keeps a long double (mpmath refuses it), and its 64-bit significand needs more
+        # than dps = 15: built from its exact ratio p / 2^k, it is exact at any precision.
+        if not np.isfinite(x):
+            return mpmath.mpf(float(x))
+        p, q = x.as_integer_ratio()
+        return mpmath.mp.make_mpf(from_man_exp(p, 1 - q.bit_length()))
     if isinstance(x, np.generic):
         x = x.item()
     return x if isinstance(x, mpmath.mpf) else mpmath.mpf(x)
@@ -114,15 +126,94 @@ def _nested(a: np.ndarray, leaf):
     return [[leaf(_mpf(x)) for x in row] for row in a]
 
 
-def _numbers(name: str, a: np.ndarray):
-    """A user's 1-d/2-d array of numbers as nested mpf lists, or an error naming the argument."""
+def _literal_in_range(s: str) -> bool:
+    """False for a decimal literal beyond float64's range, judged without mpmath; True otherwise.
+
+    mpmath turns '1e1000000000' into a number whose exponent makes every later
+    operation run for hours, and parses a thousand-digit exponent for seconds.
+    ``Decimal`` reads any literal in linear time, and one whose exponent it
+    refuses (beyond 10^18) but ``float`` reads is out of every range.
+    Anything else (NaN, mpmath's p/q form, garbage) is left to mpmath and the
+    checks after it.
+    """
+    text = s.strip().lower().rstrip("l")  # mpmath's own normalisation of a literal
     try:
-        out = _nested(a, lambda x: x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: entries must be real numbers or decimal strings ({exc})") from None
-    if not all(mpmath.isfinite(x) for x in np.ravel(np.array(out, dtype=object))):
-        raise ValueError(f"{name}: contains NaN or infinity")
-    return out
+        with localcontext() as ctx:
+            ctx.traps[InvalidOperation] = True  # a refused exponent raises, whatever the caller's context
+            d = Decimal(text)
+    except (InvalidOperation, ValueError):
+        try:
+            float(text)
+        except ValueError:
+            return True
+        return False
+    return not d.is_finite() or d.copy_abs() <= F64_MAX  # copy_abs: exact, no rounding to the context
+
+
+def _real(name: str, x) -> mpmath.mpf:
+    """One number given by the user as mpf, finite and at most F64_MAX in magnitude, or an error naming ``name``."""
+    if isinstance(x, (bool, np.bool_)):  # True would be taken as 1
+        raise TypeError(f"{name}: expected a real number or a decimal string, got a bool")
+    shown = x if not isinstance(x, str) or len(x) <= 40 else x[:20] + "..." + x[-10:]
+    if isinstance(x, str) and not _literal_in_range(x):
+        raise ValueError(f"{name}: {shown!r} is beyond float64's range (|x| <= {F64_MAX:.4g}), "
+                         "a magnitude no input of the model can have")
+    try:
+        v = _mpf(x)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise TypeError(f"{name}: expected a real number or a decimal string, got {shown!r} ({exc})") from None
+    if not mpmath.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {shown!r}")
+    if abs(v) > F64_MAX:  # an mpf, a long double or an int can be larger than any float64
+        raise ValueError(f"{name}: {mpmath.nstr(v, 5)} is beyond float64's range (|x| <= {F64_MAX:.4g}), "
+                         "a magnitude no input of the model can have")
+    return v
+
+
+def _numbers(name: str, a: np.ndarray):
+    """A user's 1-d/2-d array of numbers as nested mpf lists, or an error naming the argument and the entry."""
+    out = np.empty(a.shape, dtype=object)
+    for i in np.ndindex(a.shape):
+        out[i] = _real(f"{name}[{', '.join(map(str, i))}]", a[i])
+    return out.tolist()
+
+
+def _check_oracle_params(params, config: Config) -> dict:
+    """check_params, and no magnitude beyond float64's (only a long double array can hold one)."""
+    params = check_params(params, config)
+    for name, a in params.items():
+        largest = np.max(np.abs(a)) if a.size else 0
+        if largest > F64_MAX:
+            shown = np.format_float_scientific(largest, precision=3)  # a long double: float() would print inf
+            raise ValueError(f"params[{name!r}]: values up to {shown} are beyond float64's range "
+                             f"(|x| <= {F64_MAX:.4g}), a magnitude no parameter of the model can have")
+    return params
+
+
+def _check_index(name: str, index, shape: tuple) -> tuple:
+    """``index`` (a tuple of ints, or one int for a 1-d parameter) within ``shape``, or an error naming index."""
+    if isinstance(index, np.ndarray):
+        index = index.tolist()
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        index = (index,)
+    if not isinstance(index, (tuple, list)) or any(
+            isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in index):
+        raise TypeError(f"index: expected a tuple of ints, got {index!r}")
+    index = tuple(int(i) for i in index)
+    if len(index) != len(shape) or not all(0 <= i < n for i, n in zip(index, shape)):
+        raise ValueError(f"index: {index} is not an index of params[{name!r}] with shape {shape}")
+    return index
+
+
+def _check_step(h, x: mpmath.mpf) -> mpmath.mpf:
+    """h as a positive mpf that moves ``x`` at the working precision, or an error naming h."""
+    step = _real("h", h)
+    if step <= 0:
+        raise ValueError(f"h: expected a positive step, got {h!r}")
+    if x + step == x - step:  # both round to x: the difference quotient would divide by zero
+        raise ValueError(f"h: {h!r} is below the resolution of the coordinate ({mpmath.nstr(x, 5)}) at "
+                         f"dps = {mpmath.mp.dps}; use a larger h or a larger dps")
+    return step
 
 
 def _grad_array(leaves) -> np.ndarray:
@@ -215,9 +306,10 @@ def evaluate(params, config: Config, src, src_len, tgt, dps: int = 40, grads: bo
 
     Parameters
     ----------
-    params : dict name -> float array
+    params : dict name -> real array
         Every name of ``param_shapes(config)`` (MODEL.md), nothing else. float
-        values convert to mpf exactly.
+        (long double included) and int values convert to mpf exactly; each must
+        be finite and at most float64's largest (~1.8e308) in magnitude.
     config : Config
     src : int array [B, S];  src_len : int array [B], 1 <= src_len <= S
     tgt : int array [B, T+1], ``tgt[:, 0] == BOS``; y_in = tgt[:, :-1], y_out = tgt[:, 1:]
@@ -244,7 +336,7 @@ def evaluate(params, config: Config, src, src_len, tgt, dps: int = 40, grads: bo
     """
     _check_config(config)
     _check_dps(dps)
-    params = check_params(params, config)
+    params = _check_oracle_params(params, config)
     src, src_len, tgt = check_batch(config, src, src_len, tgt)
     with mpmath.workdps(dps):
         ops, leaf = (AUTODIFF, Var) if grads else (MPMATH, lambda x: x)
@@ -276,8 +368,10 @@ def attention(score: str, query, keys, src_len: int, W_a=None, v_a=None, dps: in
         Encoder outputs h^enc_s; only the first ``src_len`` are valid.
     src_len : int, 1 <= src_len <= S
     W_a : [H, H] (general) or [H, 2H] (concat);  v_a : [H] (concat)
-    Entries may be floats or ints (converted exactly), mpf, or decimal strings
-    (rounded once to the working precision).
+    Entries may be floats or ints (converted exactly, long doubles too), mpf, or
+    decimal strings (rounded once to the working precision); each must be finite
+    and at most float64's largest (~1.8e308) in magnitude: larger ones are refused
+    before any arithmetic, which on a '1e1000000000' would run for hours.
 
     Returns
     -------
@@ -299,6 +393,8 @@ def attention(score: str, query, keys, src_len: int, W_a=None, v_a=None, dps: in
     query, keys = np.asarray(query, dtype=object), np.asarray(keys, dtype=object)
     if query.ndim not in (1, 2):
         raise ValueError(f"query: expected shape [H] or [Q, H], got {query.shape}")
+    if query.size == 0:
+        raise ValueError(f"query: expected a non-empty [H] or [Q, H] with H >= 1, got shape {query.shape}")
     if keys.ndim != 2 or keys.shape[0] < 1 or keys.shape[1] != query.shape[-1]:
         raise ValueError(f"keys: expected shape [S, H] with H = {query.shape[-1]} (query's), got {keys.shape}")
     S, H = keys.shape
@@ -309,7 +405,8 @@ def attention(score: str, query, keys, src_len: int, W_a=None, v_a=None, dps: in
     with mpmath.workdps(dps):
         W, v = (None if x is None else _numbers(n, x) for n, x in (("W_a", W_a), ("v_a", v_a)))
         K = _numbers("keys", keys)
-        queries = _numbers("query", query.reshape(-1, H))
+        queries = _numbers("query", query)
+        queries = [queries] if query.ndim == 1 else queries
         out = [_attend(MPMATH, score, q, K, int(src_len), W, v) for q in queries]
         weights = np.array([_values(a) for a, _ in out], dtype=object)
         ctx = np.array([_values(x) for _, x in out], dtype=object)
@@ -332,9 +429,10 @@ def finite_difference_grad(params, config: Config, src, src_len, tgt, name: str,
     name : str
         A parameter name of ``param_shapes(config)``.
     index : tuple of int
-        The coordinate within ``params[name]``.
+        The coordinate within ``params[name]`` (one int for a 1-d parameter).
     h : str or number
-        Step, converted at ``dps`` digits.
+        Step, converted at ``dps`` digits: positive, finite, at most ~1.8e308,
+        and large enough that p +- h differ at ``dps`` digits.
 
     Examples
     --------
@@ -348,15 +446,15 @@ def finite_difference_grad(params, config: Config, src, src_len, tgt, name: str,
     """
     _check_config(config)
     _check_dps(dps)
-    params = check_params(params, config)
+    params = _check_oracle_params(params, config)
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a parameter name (str), got {type(name).__name__}")
     if name not in params:
         raise ValueError(f"name: {name!r} is not a parameter of this config; expected one of {list(params)}")
-    index = tuple(np.atleast_1d(index).tolist())
-    if len(index) != params[name].ndim or not all(0 <= i < n for i, n in zip(index, params[name].shape)):
-        raise ValueError(f"index: {index} is not an index of params[{name!r}] with shape {params[name].shape}")
+    index = _check_index(name, index, params[name].shape)
     with mpmath.workdps(dps):
-        step = _mpf(h)
         x = _mpf(params[name][index])
+        step = _check_step(h, x)
         shifted = []
         for x_shifted in (x + step, x - step):
             p = dict(params)

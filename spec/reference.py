@@ -119,7 +119,7 @@ class NumpyReference(Implementation):
 
     def _prepare(self, params, config, src, src_len, tgt):
         config = _check_config(config)
-        P = check_params(params, config, dtype=config.dtype)
+        P = check_params(params, config, dtype=config.dtype, products_fit=True)
         src, src_len, tgt = check_batch(config, src, src_len, tgt)
         return P, config, src, src_len, tgt
 
@@ -135,14 +135,14 @@ class NumpyReference(Implementation):
 
     def greedy_decode(self, params, config, src, src_len, max_len) -> DecodeOutput:
         config = _check_config(config)
-        P = check_params(params, config, dtype=config.dtype)
+        P = check_params(params, config, dtype=config.dtype, products_fit=True)
         src, src_len = check_source(config, src, src_len)
         max_len = check_positive_int("max_len", max_len)
         return DecodeOutput(*model.greedy(P, config, src, src_len, max_len, self.bugs))
 
     def beam_search(self, params, config, src, src_len, beam_size, max_len, length_normalize=False) -> DecodeOutput:
         config = _check_config(config)
-        P = check_params(params, config, dtype=config.dtype)
+        P = check_params(params, config, dtype=config.dtype, products_fit=True)
         src, src_len = check_source(config, src, src_len)
         beam_size, max_len = check_positive_int("beam_size", beam_size), check_positive_int("max_len", max_len)
         if not isinstance(length_normalize, (bool, np.bool_)):

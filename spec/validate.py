@@ -147,12 +147,18 @@ def check_batch(config: Config, src, src_len, tgt) -> tuple[np.ndarray, np.ndarr
     return src, src_len, tgt
 
 
-def check_params(params, config: Config, dtype=None) -> dict[str, np.ndarray]:
+def check_params(params, config: Config, dtype=None, products_fit: bool = False) -> dict[str, np.ndarray]:
     """Validate a parameter dict against MODEL.md's names and shapes for ``config``.
 
     Every name must be present, no other name may be, each value must be a
     finite real array of the right shape. Returns a new dict of arrays in
-    state-dict order, converted to ``dtype`` when given (else left as they are).
+    state-dict order, converted to ``dtype`` when given (else left as they are);
+    finiteness is checked after the conversion, so a float64 1e300 bound for
+    float32 is refused, not turned into infinity.
+
+    With ``products_fit`` (float implementations; needs ``dtype``) each parameter
+    must also satisfy ``products_fit_bound``, so that no matrix product of the
+    model can overflow ``dtype``.
     """
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping of name -> array, got {type(params).__name__}")
@@ -164,6 +170,7 @@ def check_params(params, config: Config, dtype=None) -> dict[str, np.ndarray]:
             f"params: names do not match MODEL.md for score={config.score!r}, L={config.L}, "
             f"input_feeding={config.input_feeding}: missing {missing}, unexpected {unexpected}"
         )
+    bound = products_fit_bound(config, dtype) if products_fit else None
     out = {}
     for name, shape in shapes.items():
         a = _as_array(f"params[{name!r}]", params[name])
@@ -171,10 +178,54 @@ def check_params(params, config: Config, dtype=None) -> dict[str, np.ndarray]:
             raise TypeError(f"params[{name!r}]: expected a real array, got dtype {a.dtype}")
         if a.shape != shape:
             raise ValueError(f"params[{name!r}]: expected shape {shape}, got {a.shape}")
-        if not all_finite(a):
+        given = a
+        if dtype is not None:
+            with np.errstate(over="ignore"):          # reported below, naming the parameter
+                a = np.ascontiguousarray(a, dtype=dtype)
+        # A finite sum of squares proves every entry finite: the bound's test costs no extra pass.
+        if bound is not None and _sum_of_squares(a) <= bound * bound:
+            out[name] = a
+            continue
+        if not all_finite(given):
             raise ValueError(f"params[{name!r}]: contains NaN or infinity")
-        out[name] = a if dtype is None else np.ascontiguousarray(a, dtype=dtype)
+        if not all_finite(a):
+            raise ValueError(f"params[{name!r}]: values up to {float(np.max(np.abs(given))):.3g} "
+                             f"are beyond the range of {a.dtype} (largest {float(np.finfo(a.dtype).max):.3g})")
+        if bound is not None:
+            raise ValueError(
+                f"params[{name!r}]: too large for {a.dtype}: its 2-norm exceeds {bound:.3g} (largest entry "
+                f"{float(np.max(np.abs(a))):.3g}), beyond which a matrix product of the model could overflow to infinity "
+                f"and the gates' sigmoid and tanh would turn it into a wrong, finite result (docs/decisions.md)")
+        out[name] = a
     return out
+
+
+def products_fit_bound(config: Config, dtype) -> float:
+    """The largest 2-norm a parameter may have so that no matrix product of the model overflows ``dtype``.
+
+    Every product multiplies a parameter by a parameter (an embedding row by
+    W_ih of layer 0) or by values bounded by 1 (h, h~, ctx, the keys, tanh of
+    anything), over K <= E + 2H terms plus a bias. With every entry at most
+    M = sqrt(max / (4 (E + 2H + 1))), a pre-activation is at most
+    (E + 2H + 1) M^2 = max / 4, and the general score's h^T W_a k, at most H^2 M,
+    stays far below. A 2-norm bounds every entry; the factor 4 also covers the
+    rounding of the sum of squares that measures it. Overflow in the backward pass
+    needs no bound: no backward operation turns an infinity back into a finite
+    number, so the checks of the results report it.
+    """
+    if dtype is None:
+        raise ValueError("dtype: products_fit needs the dtype the products run in")
+    terms = config.E + 2 * config.H + 1
+    return math.sqrt(float(np.finfo(dtype).max) / (4 * terms))
+
+
+def _sum_of_squares(a: np.ndarray) -> float:
+    """sum(a**2) in one BLAS pass (``vdot``), in a's dtype: infinite when that overflows."""
+    flat = a.reshape(-1)
+    if flat.dtype.kind != "f":
+        flat = flat.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.vdot(flat, flat))
 
 
 def check_attention_params(score: str, H: int, W_a, v_a, as_array):

@@ -30,7 +30,8 @@ from mpmath.libmp import to_str
 
 from . import oracle
 from . import vector_cases as vc
-from .config import Config, param_shapes
+from .config import DTYPES, SCORES, Config, attention_param_shapes, param_shapes
+from .validate import check_batch, src_len_from_mask
 from .vector_cases import ATTENTION_CASES, MODEL_CASES, TOLERANCES  # noqa: F401 (re-exported)
 
 __all__ = ["FORMAT_VERSION", "MODEL_CASES", "ATTENTION_CASES", "TOLERANCES", "Row", "export", "load",
@@ -253,15 +254,213 @@ def _read_json(path: pathlib.Path, what: str):
         raise ValueError(f"{what}: cannot read {str(path)!r} as JSON ({exc})") from None
 
 
+# -- validating a case document ----------------------------------------------------------------
+# The SHA-256 catches corruption, not a hand edit whose digest was updated too, nor a set written
+# by another tool: every field check() reads is validated here, so that a malformed file is an
+# error naming the field, never a traceback nor (NaN compares False with everything) a pass.
+
+def _field(path: tuple) -> str:
+    """("expected", "grads", "generator.bias") -> "expected.grads['generator.bias']"."""
+    out = ""
+    for key in path:
+        out += f"[{key!r}]" if "." in key else ("." if out else "") + key
+    return out
+
+
+def _get(doc: dict, *path):
+    """The value at ``path``, or a ValueError naming the first missing field."""
+    node = doc
+    for i, key in enumerate(path):
+        if not isinstance(node, dict):
+            raise ValueError(f"{_field(path[:i])}: expected an object, got {type(node).__name__}")
+        if key not in node:
+            raise ValueError(f"{_field(path[:i + 1])}: missing")
+        node = node[key]
+    return node
+
+
+def _doc_reals(doc: dict, path: tuple, shape: tuple) -> np.ndarray:
+    """The decimal strings at ``path`` as a non-empty, finite float64 array of ``shape`` (None: any size)."""
+    where = _field(path)
+    a = _floats(_get(doc, *path), where)
+    if a.ndim != len(shape) or any(n is not None and n != m for n, m in zip(shape, a.shape)) or a.size == 0:
+        wanted = tuple("any" if n is None else n for n in shape)
+        raise ValueError(f"{where}: expected a non-empty array of shape {wanted}, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        i = np.unravel_index(int(np.argmax(~np.isfinite(a))), a.shape)
+        at = f" at index {tuple(int(j) for j in i)}" if a.ndim else ""
+        raise ValueError(f"{where}: {float(a[i])!r}{at} is not a finite float64")
+    return a
+
+
+def _doc_array(doc: dict, path: tuple, ndim: int, kind: type) -> np.ndarray:
+    """The JSON ints (or bools) at ``path`` as an ``ndim``-d object array, or a ValueError naming the field."""
+    a = np.array(_get(doc, *path), dtype=object)
+    # type(), not isinstance: a bool is no int here, nor 3.0, and a ragged array has lists for entries
+    if a.ndim != ndim or not all(type(x) is kind for x in a.ravel()):
+        raise ValueError(f"{_field(path)}: expected a {ndim}-d array of JSON {kind.__name__}s")
+    return a
+
+
+def _doc_ints(doc: dict, path: tuple, ndim: int) -> np.ndarray:
+    a = _doc_array(doc, path, ndim, int)
+    big = [x for x in a.ravel() if not -2**63 <= x < 2**63]
+    if big:
+        raise ValueError(f"{_field(path)}: {big[0]} is outside int64")
+    return a.astype(np.int64)
+
+
+def _is_tolerance(x) -> bool:
+    """A finite real >= 0: NaN compares False with everything, so as a tolerance it would pass any value."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(x) and x >= 0
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def _doc_tolerance(doc: dict, path: tuple) -> None:
+    x = _get(doc, *path)
+    if not _is_tolerance(x):
+        raise ValueError(f"{_field(path)}: expected a finite number >= 0, got {x!r}")
+
+
+def _doc_names(doc: dict, path: tuple, names) -> dict:
+    """The object at ``path``, whose keys must be exactly ``names``."""
+    d = _get(doc, *path)
+    if not isinstance(d, dict) or set(d) != set(names):
+        given = d if isinstance(d, dict) else {}
+        raise ValueError(f"{_field(path)}: expected an object keyed by the config's parameter names: "
+                         f"missing {[n for n in names if n not in given]}, "
+                         f"unexpected {[n for n in given if n not in names]}")
+    return d
+
+
+def _doc_params(doc: dict, path: tuple, shapes: dict) -> None:
+    """An object of one array per parameter name (the inputs, or the gradients), each of its shape."""
+    _doc_names(doc, path, shapes)
+    for name, shape in shapes.items():
+        _doc_reals(doc, (*path, name), shape)
+
+
+def _doc_optional(doc: dict, path: tuple, needed: bool, why: str, check: Callable) -> None:
+    """The field at ``path`` is null exactly when not ``needed``; ``check()`` validates it when given."""
+    value = _get(doc, *path)
+    if needed and value is None:
+        raise ValueError(f"{_field(path)}: null, but {why} needs it")
+    if not needed and value is not None:
+        raise ValueError(f"{_field(path)}: expected null, as {why} has none")
+    if needed:
+        check()
+
+
+def _doc_config(doc: dict) -> Config:
+    c = _get(doc, "config")
+    if not isinstance(c, dict):
+        raise ValueError(f"config: expected an object, got {type(c).__name__}")
+    try:
+        return Config(**c)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config: {exc}") from None
+
+
+def _doc_batch(doc: dict, config: Config) -> tuple[int, int, int]:
+    """(B, S, T) of a model case's src, src_len, tgt, validated as MODEL.md's batch."""
+    src, src_len, tgt = (_doc_ints(doc, ("inputs", k), n) for k, n in (("src", 2), ("src_len", 1), ("tgt", 2)))
+    try:
+        check_batch(config, src, src_len, tgt)
+    except ValueError as exc:
+        raise ValueError(f"inputs.{exc}") from None
+    return src.shape[0], src.shape[1], tgt.shape[1] - 1
+
+
+def _check_model_doc(doc: dict) -> None:
+    config = _doc_config(doc)
+    B, S, T = _doc_batch(doc, config)
+    shapes = param_shapes(config)
+    why = f"score {config.score!r}"
+    _doc_params(doc, ("inputs", "params"), shapes)
+    _doc_reals(doc, ("expected", "loss"), ())
+    _doc_reals(doc, ("expected", "log_probs"), (B, T, config.V_tgt))
+    _doc_optional(doc, ("expected", "attention"), config.attention, why,
+                  lambda: _doc_reals(doc, ("expected", "attention"), (B, T, S)))
+    _doc_params(doc, ("expected", "grads"), shapes)
+    for q in ("loss", "log_probs"):
+        _doc_tolerance(doc, ("tolerance", "atol", q))
+    _doc_optional(doc, ("tolerance", "atol", "attention"), config.attention, why,
+                  lambda: _doc_tolerance(doc, ("tolerance", "atol", "attention")))
+    _doc_names(doc, ("tolerance", "atol", "grads"), shapes)
+    for name in shapes:
+        _doc_tolerance(doc, ("tolerance", "atol", "grads", name))
+
+
+def _check_attention_doc(doc: dict) -> None:
+    score, dtype = _get(doc, "score"), _get(doc, "dtype")
+    if score not in SCORES:
+        raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    B, H = _doc_reals(doc, ("inputs", "query"), (None, None)).shape
+    S = _doc_reals(doc, ("inputs", "keys"), (B, None, H)).shape[1]
+    mask = _doc_array(doc, ("inputs", "mask"), 2, bool).astype(bool)
+    src_len = _doc_ints(doc, ("inputs", "src_len"), 1)
+    try:
+        valid = src_len_from_mask(mask, B, S)
+    except ValueError as exc:
+        raise ValueError(f"inputs.{exc}") from None
+    if src_len.shape != (B,) or not np.array_equal(src_len, valid):
+        raise ValueError(f"inputs.src_len: {src_len.tolist()} does not match inputs.mask's {valid.tolist()}")
+    needed = attention_param_shapes(score, H)
+    for n in ("W_a", "v_a"):
+        _doc_optional(doc, ("inputs", n), n in needed, f"score {score!r}",
+                      lambda n=n: _doc_reals(doc, ("inputs", n), needed[n]))
+    _doc_reals(doc, ("expected", "weights"), (B, S))
+    _doc_reals(doc, ("expected", "ctx"), (B, H))
+    for q in ("weights", "ctx"):
+        _doc_tolerance(doc, ("tolerance", "atol", q))
+
+
+def _check_document(doc: dict) -> None:
+    """Every field check() reads, present and well-formed, or a ValueError naming the field."""
+    if _get(doc, "format_version") != FORMAT_VERSION:
+        raise ValueError(f"format_version: {doc['format_version']!r}; this attnspec reads version {FORMAT_VERSION}")
+    for q in ("score_bound", "kappa"):
+        _doc_tolerance(doc, ("tolerance", q))
+    (_check_model_doc if doc["kind"] == "model" else _check_attention_doc)(doc)
+
+
+def _manifest_entries(manifest: dict, path: pathlib.Path) -> list[tuple[str, str, str]]:
+    """(id, json path, SHA-256) of every case: at least one, each id once, all strings."""
+    try:
+        entries = [(e["id"], e["json"], e["sha256"]["json"]) for e in manifest["cases"]]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"manifest: {str(path)!r} has a malformed case list ({exc!r})") from None
+    if not all(isinstance(x, str) for entry in entries for x in entry):
+        raise ValueError(f"manifest: {str(path)!r} has a malformed case list (id, json and sha256.json "
+                         "must be strings)")
+    if not entries:  # an empty set would pass vacuously
+        raise ValueError(f"manifest: {str(path)!r} lists no cases (re-export)")
+    ids = [case_id for case_id, _, _ in entries]
+    twice = next((i for k, i in enumerate(ids) if i in ids[:k]), None)
+    if twice is not None:
+        raise ValueError(f"manifest: {str(path)!r} lists case {twice!r} twice (re-export)")
+    return entries
+
+
 def load(directory) -> tuple[dict, list[dict]]:
-    """The manifest and every case document of an exported set, checked for version and integrity.
+    """The manifest and every case document of an exported set, checked for version, integrity and schema.
 
     Raises
     ------
     ValueError
         Naming the path: no such directory, no manifest, another format or
-        format version, a missing file, or a file whose SHA-256 differs from
-        the manifest's (corrupt or edited).
+        format version, no cases or a case listed twice, a missing file, or a
+        file whose SHA-256 differs from the manifest's (corrupt or edited).
+        Naming the case and the field: a case document with a missing field,
+        a wrong shape, an input that is not an int64 integer or a finite
+        float64 decimal string, an expected value that is not finite, or a
+        tolerance that is not a finite number >= 0.
     """
     root = pathlib.Path(directory)
     if not root.is_dir():
@@ -277,11 +476,7 @@ def load(directory) -> tuple[dict, list[dict]]:
         raise ValueError(f"manifest: {str(path)!r} has format_version {manifest.get('format_version')!r}; "
                          f"this attnspec reads version {FORMAT_VERSION} (re-export with this version)")
     docs = []
-    try:
-        entries = [(e["id"], e["json"], e["sha256"]["json"]) for e in manifest["cases"]]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"manifest: {str(path)!r} has a malformed case list ({exc!r})") from None
-    for case_id, rel, digest in entries:
+    for case_id, rel, digest in _manifest_entries(manifest, path):
         file = root / rel
         if not file.is_file():
             raise ValueError(f"case {case_id}: file {str(file)!r} is missing")
@@ -291,6 +486,10 @@ def load(directory) -> tuple[dict, list[dict]]:
         doc = _read_json(file, f"case {case_id}")
         if not isinstance(doc, dict) or doc.get("id") != case_id or doc.get("kind") not in ("model", "attention"):
             raise ValueError(f"case {case_id}: {str(file)!r} is not a case document for {case_id!r}")
+        try:
+            _check_document(doc)
+        except ValueError as exc:
+            raise ValueError(f"case {case_id}: {exc} (in {str(file)!r}: a malformed case file; re-export)") from None
         docs.append(doc)
     return manifest, docs
 
@@ -320,6 +519,8 @@ def _where(axes, index) -> str:
 def _compare(case: str, quantity: str, actual, expected: np.ndarray, atol: float, axes=None) -> Row:
     """Row for |actual - expected| <= atol elementwise; a failure names the first wrong step
     (the smallest t, when ``axes`` has one; else the first row b) and its worst element."""
+    if not _is_tolerance(atol):  # load rejects it; a document that bypassed load must not pass either
+        return Row(case, quantity, "fail", message=f"{quantity}: tolerance {atol!r} is not a finite number >= 0")
     try:
         a = np.asarray(actual, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -334,7 +535,7 @@ def _compare(case: str, quantity: str, actual, expected: np.ndarray, atol: float
     max_abs = float(diff.max(initial=0.0))
     scale = vc.max_abs(expected)
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    bad = diff > atol
+    bad = ~(diff <= atol)  # not diff > atol: a NaN expected value (diff NaN) fails instead of passing
     if not bad.any():
         return Row(case, quantity, "pass", max_abs, max_rel, atol)
     candidates, where = bad, " worst at "

@@ -4,7 +4,6 @@ import datetime as dt
 import io
 import re
 
-import numpy as np
 import pytest
 
 from attnspec.impl.cli import main

@@ -159,6 +159,9 @@ def test_beam_search_is_deterministic_and_float32_runs():
     ("beam_size", TypeError, dict(beam_size=True)),
     ("max_len", ValueError, dict(max_len=0)),
     ("max_len", TypeError, dict(max_len="3")),
+    ("max_len", ValueError, dict(max_len=2**70)),             # found by fuzzing: an int too big for
+    ("max_len", ValueError, dict(max_len=10**12)),            # the kernel, or the memory of the machine
+    ("beam_size", ValueError, dict(beam_size=10**8)),         # (its out-of-memory killer ended the process)
     ("length_normalize", TypeError, dict(length_normalize=1)),
     ("src_len", ValueError, dict(src_len=np.array([7, 1, 1, 1]))),
     ("src", ValueError, dict(src=np.full((4, 6), 9))),

@@ -94,6 +94,11 @@ def test_bad_state_dicts_name_the_problem():
         from_state_dict(params, "config")
     with pytest.raises(ValueError, match="dtype"):
         from_state_dict(params, CFG, dtype="int64")
+    with pytest.raises(TypeError, match="dtype"):
+        from_state_dict(params, CFG, dtype="banana")
+    # Finite in float64, infinite once cast: found by fuzzing, returned as inf before.
+    with pytest.raises(ValueError, match=r"generator\.bias.*beyond the range of float32"):
+        from_state_dict({**params, "generator.bias": np.full(6, 1e300)}, CFG, dtype="float32")
     with pytest.raises(TypeError, match="params"):
         to_state_dict([np.zeros(2)])
     with pytest.raises(TypeError, match=r"params\['x'\]"):
@@ -167,7 +172,7 @@ def test_torch_loss_and_grads_agree_with_numba(score, L, feed):
 @pytest.mark.parametrize("score", SCORES + ("none",))
 def test_torch_forward_agrees_with_numba(score):
     torch_model = pytest.importorskip("attnspec.impl.torch_model")
-    from attnspec.impl.model import forward, init_params
+    from attnspec.impl.model import forward
 
     cfg = variant_config(score, 2, True)
     params = random_params(cfg, 5)  # larger weights than init_params: sharper attention

@@ -339,7 +339,9 @@ def test_bad_input_is_rejected_naming_the_argument(fn, ok, name, exc, change):
         fn(**{**ok, **change})
 
 
-def test_non_finite_results_raise_instead_of_returning_nan():
+def test_non_finite_results_raise_instead_of_returning_nan(monkeypatch):
+    """The results' check, behind the parameters' bound (lifted here: these parameters exceed it)."""
+    monkeypatch.setattr("attnspec.spec.validate.products_fit_bound", lambda config, dtype: math.inf)
     cfg = small_config()
     p = init_params(cfg, 0)
     # logits_3 = 1.7e308 + 1e308 * sum(h~) and logits_4 = 1.7e308 - 1e308 * sum(h~): one of
@@ -349,6 +351,38 @@ def test_non_finite_results_raise_instead_of_returning_nan():
     p["generator.weight"][4] = -1e308
     with pytest.raises(FloatingPointError, match="loss_and_grads"):
         loss_and_grads(p, cfg, *make_batch(cfg, np.random.default_rng(0)))
+
+
+def _tiny_case(dtype):
+    cfg = Config(V_src=5, V_tgt=5, E=2, H=2, score="general", dtype=dtype)
+    return cfg, init_params(cfg, 0), np.array([[3, 4, 3]]), np.array([3]), np.array([[1, 4, 3, 2]])
+
+
+@pytest.mark.parametrize("dtype,scale", [("float64", 1e160), ("float64", 1e300), ("float32", 1e20)])
+@pytest.mark.parametrize("fn", [forward, loss_and_grads])
+def test_parameters_whose_products_could_overflow_are_refused(fn, dtype, scale):
+    """Found by fuzzing: at these scales an embedding times W_ih overflows to infinity, the
+    gates saturate on it, and the loss came out finite and wrong (4.97e159 for the exact 8.33e159)."""
+    cfg, p, src, src_len, tgt = _tiny_case(dtype)
+    big = {k: (v.astype(np.float64) * scale).astype(dtype) for k, v in p.items()}
+    with pytest.raises(ValueError, match=r"params\['.*'\]: too large for " + dtype):
+        fn(big, cfg, src, src_len, tgt)
+
+
+def test_parameters_inside_the_bound_give_the_oracles_loss():
+    """At the edge of ``products_fit_bound`` the products stay finite and the loss is the exact one."""
+    from attnspec.spec.oracle import evaluate
+    from attnspec.spec.validate import products_fit_bound
+
+    cfg, p, src, src_len, tgt = _tiny_case("float64")
+    norm = max(float(np.linalg.norm(v)) for v in p.values())
+    scale = 0.99 * products_fit_bound(cfg, np.float64) / norm                 # about 4e152
+    big = {k: v * scale for k, v in p.items()}
+    loss = forward(big, cfg, src, src_len, tgt).loss
+    truth = float(evaluate(big, cfg, src, src_len, tgt, grads=False).loss)
+    # The loss is a difference of logits of size ~1e153 computed in a handful of roundings:
+    # a relative error of a few eps, not the 40% of an overflowed product.
+    assert abs(loss - truth) <= 1e-13 * abs(truth), (loss, truth)
 
 
 # -- without the JIT --------------------------------------------------------------------

@@ -424,3 +424,90 @@ def test_other_entry_points_reject_bad_arguments(small_case):
         finite_difference_grad(params, config, *batch, "attention.v_a", (0,))
     with pytest.raises(ValueError, match="index"):
         finite_difference_grad(params, config, *batch, "attention.W_a", (2, 0))
+
+
+# -- magnitudes, steps and number types at the boundary ------------------------------------------------
+
+HUGE = ["1e400", "-1e1000000000", "1e" + "9" * 4000, "1e-" + "9" * 4000, mpmath.mpf("1e400"), 10**400]
+
+
+@pytest.mark.parametrize("huge", HUGE, ids=["1e400", "-1e1e9", "1e(4000 nines)", "1e-(4000 nines)", "mpf", "int"])
+@pytest.mark.parametrize("where", ["query", "keys", "W_a", "v_a"])
+def test_attention_rejects_magnitudes_beyond_float64_at_once(where, huge):
+    """Such a decimal string made mpmath run for seconds ('1e100000') to forever ('1e1000000000'):
+    it is refused before any arithmetic (or the parsing of a thousand-digit exponent), naming the argument."""
+    args = {"query": ["0.5", "1"], "keys": [["0.5", "0"], ["1", "0"]],
+            "W_a": [["1", "0", "0", "1"], ["0", "1", "1", "0"]], "v_a": ["1", "1"]}
+    row = args[where][0] if where in ("keys", "W_a") else args[where]
+    row[0] = huge
+    with pytest.raises(ValueError, match=rf"^{where}\[0(, 0)?\]: .*float64"):
+        attention("concat", args["query"], args["keys"], 2, W_a=args["W_a"], v_a=args["v_a"])
+
+
+def test_attention_still_takes_every_documented_number_type():
+    """ints, floats (float16 too), mpf, decimal strings (numpy's too) and p/q strings, up to float64's largest."""
+    big = str(np.finfo(np.float64).max)
+    for query in (["0.7", "0.3"], [0.7, 0.3], [mpmath.mpf("0.7"), 3], np.array(["0.7", "0.3"]),
+                  [np.float16(0.5), "3/10"], [big, "-" + big], ["1e-400", "0"]):
+        weights, _ = attention("dot", query, [["0.8", "0.2"], [0, 0]], 2)
+        assert all(mpmath.isfinite(w) and 0 <= w <= 1 for w in weights), query
+
+
+@pytest.mark.parametrize("query, keys", [(np.zeros(0), np.zeros((1, 0))), (np.zeros((0, 2)), np.zeros((1, 2)))])
+def test_attention_rejects_an_empty_query(query, keys):
+    """H = 0 was NumPy's "cannot reshape array of size 0"; Q = 0 returned arrays of the wrong shape."""
+    with pytest.raises(ValueError, match=r"^query: .*H >= 1"):
+        attention("dot", query, keys, 1)
+
+
+@pytest.mark.parametrize("h, error", [
+    (0, ValueError), ("0", ValueError), (-1e-15, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    ("1e1000000000", ValueError), ("abc", TypeError), (None, TypeError), (True, TypeError),
+    ("1e-100", ValueError),   # x + h rounds to x at dps = 50: the step is not represented
+])
+def test_finite_difference_step_must_be_a_positive_representable_number(small_case, h, error):
+    """h = 0 was a bare ZeroDivisionError, h = nan returned mpf('nan'), h = 'abc' a ValueError not naming h."""
+    config, params, *batch = small_case
+    with pytest.raises(error, match=r"^h: "):
+        finite_difference_grad(params, config, *batch, "generator.bias", (0,), h=h)
+
+
+@pytest.mark.parametrize("name, index, error", [
+    ("generator.bias", (0.0,), TypeError), ("generator.bias", (True,), TypeError), ("generator.bias", "0", TypeError),
+    ("generator.bias", None, TypeError), ("generator.bias", (0, 0), ValueError), ("generator.bias", (-1,), ValueError),
+    ("attention.W_a", (0,), ValueError), (["generator.bias"], (0,), TypeError),
+])
+def test_finite_difference_index_and_name_are_validated(small_case, name, index, error):
+    """index = (0.0,) was NumPy's IndexError; an unhashable name a bare TypeError."""
+    config, params, *batch = small_case
+    with pytest.raises(error, match=rf"^{'index' if name != ['generator.bias'] else 'name'}: "):
+        finite_difference_grad(params, config, *batch, name, index)
+
+
+def test_finite_difference_keeps_its_accepted_index_forms(small_case):
+    config, params, *batch = small_case
+    a = finite_difference_grad(params, config, *batch, "generator.bias", (np.int64(3),), dps=20, h="1e-8")
+    b = finite_difference_grad(params, config, *batch, "generator.bias", 3, dps=20, h=1e-8)
+    c = finite_difference_grad(params, config, *batch, "attention.W_a", np.array([1, 0]), dps=20, h=mpmath.mpf("1e-8"))
+    assert mpmath.isfinite(a) and mpmath.isfinite(b) and mpmath.isfinite(c)
+
+
+def test_long_double_inputs_convert_exactly(small_case):
+    """np.longdouble used to be a TypeError from mpmath; its value is now taken exactly, as floats are."""
+    config, params, *batch = small_case
+    long_params = {n: p.astype(np.longdouble) for n, p in params.items()}
+    assert evaluate(long_params, config, *batch, grads=False).loss == evaluate(params, config, *batch, grads=False).loss
+    third = np.longdouble(1) / 3                       # more bits than a float64 where longdouble is wider
+    a, _ = attention("dot", np.array([third, 0]), [[1, 0], [0, 0]], 2)
+    p, q = third.as_integer_ratio()
+    with mpmath.workdps(40):
+        assert abs(mpmath.log(a[0] / a[1]) - mpmath.mpf(p) / q) < mpmath.mpf("1e-35")
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="longdouble is float64 here")
+def test_long_double_params_beyond_float64_are_rejected(small_case):
+    config, params, *batch = small_case
+    big = {**params, "generator.bias": params["generator.bias"].astype(np.longdouble)}
+    big["generator.bias"][1] = np.longdouble("1e400")
+    with pytest.raises(ValueError, match=r"^params\['generator\.bias'\]: .*float64"):
+        evaluate(big, config, *batch, grads=False)

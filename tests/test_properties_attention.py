@@ -105,3 +105,44 @@ def test_attention_vjp_rejects_a_non_prefix_mask():
     with pytest.raises(ValueError, match="mask"):
         IMPL.attention_vjp("dot", np.zeros((1, 2)), np.zeros((1, 3, 2)), np.array([[True, False, True]]),
                            np.zeros((1, 2)))
+
+
+# -- overflow: found by fuzzing (session 18) ------------------------------------------------
+
+Q, K2, M2 = np.array([[0.7, 0.3]]), np.array([[[0.8, 0.2], [-0.1, 0.0]]]), np.ones((1, 2), bool)
+
+
+@pytest.mark.parametrize("score,scale,extra", [
+    ("dot", 1e200, {}),
+    ("general", 1e160, {"W_a": np.eye(2)}),
+    ("concat", 1.0, {"W_a": np.full((2, 4), 1e308), "v_a": np.ones(2)}),
+])
+def test_attention_refuses_inputs_whose_scores_could_overflow(score, scale, extra):
+    """An overflowed score is +-inf: +inf made the weights NaN, and -inf would silently zero a
+    position whatever its exact score; concat's tanh of an overflowed W_a [q; k] saturates silently."""
+    for call in (lambda: IMPL.attention(score, Q * scale, K2 * scale, M2, **extra),
+                 lambda: IMPL.attention_vjp(score, Q * scale, K2 * scale, M2, np.ones((1, 2)), **extra)):
+        with pytest.raises(ValueError, match="too large for float64"):
+            call()
+
+
+def test_attention_below_the_bound_matches_the_oracle():
+    """At 1e100 (scores of 1e200, far below the bound) the weights saturate exactly as the oracle's."""
+    w, ctx = IMPL.attention("dot", Q * 1e100, K2 * 1e100, M2)
+    w_exact, _ = oracle.attention("dot", Q[0] * 1e100, K2[0] * 1e100, 2)
+    assert w.tolist() == [[1.0, 0.0]] and np.allclose(np.asarray(w_exact, dtype=float), w)
+
+
+def test_attention_vjp_reports_an_overflowed_gradient():
+    """g_s = k_s . g_ctx overflows in the backward only: its results' check raises, naming the function."""
+    with pytest.raises(FloatingPointError, match="attention_vjp"):
+        IMPL.attention_vjp("dot", Q, K2 * 1e300, M2, np.full((1, 2), 1e300))
+
+
+def test_lstm_cell_refuses_an_overflowed_pre_activation():
+    """W_ih x overflows to +-inf and sigma(-inf) = 0 would be returned as a gate, finite and wrong."""
+    x = np.array([[1e200, 1e200]])
+    W_ih = np.tile([[1e200, -1e200]], (4, 1))
+    z1 = np.zeros((1, 1))
+    with pytest.raises(FloatingPointError, match="lstm_cell"):
+        IMPL.lstm_cell(x, z1, z1, W_ih, np.zeros((4, 1)), np.zeros(4), np.zeros(4))

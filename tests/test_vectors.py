@@ -6,6 +6,7 @@ One export is shared by the module (a fixture); tests that damage files work on 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -350,6 +351,9 @@ def test_cli_bad_arguments_exit_2_naming_them(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main(["vectors", "check", str(tmp_path), "--adapter", "no_such_module_xyz:Impl"]) == 2
     assert "no_such_module_xyz" in capsys.readouterr().err
+    # Found by fuzzing: a --json that names a directory failed with a traceback after the whole check.
+    assert main(["vectors", "check", str(tmp_path), "--json", str(tmp_path)]) == 2
+    assert "--json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["vectors"])
 
@@ -364,3 +368,130 @@ def test_cli_names_targets_as_attnspec_check_does(exported, capsys, monkeypatch)
     monkeypatch.delitem(sys.modules, "attnspec.impl.torch_model", raising=False)
     assert main(["vectors", "check", str(exported), "--adapter", "torch"]) == 2
     assert "torch" in capsys.readouterr().err
+
+
+# -- damaged sets whose manifest was re-signed (load validates every case document) -------------------
+
+def _damaged(exported, tmp_path, case_id, edit):
+    """A copy of the set with ``edit(doc)`` applied to one case, its SHA-256 in the manifest updated
+    (as a hand edit would do), so only the validation of the document itself can catch it."""
+    import hashlib
+
+    d = _copy(exported, tmp_path)
+    path = d / "cases" / f"{case_id}.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    m = json.loads((d / "manifest.json").read_text())
+    for e in m["cases"]:
+        if e["id"] == case_id:
+            e["sha256"]["json"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def _nan_everywhere(x):
+    return [_nan_everywhere(y) for y in x] if isinstance(x, list) else "nan"
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(doc):
+        for key in path[:-1]:
+            doc = doc[key]
+        doc[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("case_id, edit, field", [
+    ("tiny_dot", _set("expected", "loss", "nan"), r"expected\.loss"),
+    ("tiny_dot", _set("expected", "loss", "-inf"), r"expected\.loss"),
+    ("tiny_dot", lambda d: d["expected"].update(log_probs=_nan_everywhere(d["expected"]["log_probs"])),
+     r"expected\.log_probs"),
+    ("tiny_dot", lambda d: d["expected"]["grads"].update({"generator.bias": _nan_everywhere(
+        d["expected"]["grads"]["generator.bias"])}), r"expected\.grads\['generator\.bias'\]"),
+    ("attn_dot", lambda d: d["expected"].update(weights=_nan_everywhere(d["expected"]["weights"])),
+     r"expected\.weights"),
+    ("tiny_dot", lambda d: (d["expected"].update(loss="123.0"), d["tolerance"]["atol"].update(loss=float("nan"))),
+     r"tolerance\.atol\.loss"),
+    ("tiny_dot", _set("tolerance", "atol", "loss", -1.0), r"tolerance\.atol\.loss"),
+    ("tiny_dot", _set("tolerance", "atol", "loss", "x"), r"tolerance\.atol\.loss"),
+    ("attn_dot", _set("tolerance", "atol", "ctx", float("inf")), r"tolerance\.atol\.ctx"),
+])
+def test_non_finite_expected_values_and_bad_tolerances_are_rejected(exported, tmp_path, case_id, edit, field):
+    """NaN compares False with everything, so such a set used to pass every check (a wrong verdict)."""
+    d = _damaged(exported, tmp_path, case_id, edit)
+    with pytest.raises(ValueError, match=rf"case {case_id}: {field}"):
+        vectors.load(d)
+
+
+def test_the_comparison_fails_closed_on_nan_and_bad_tolerances():
+    """The second line of defence, for documents that bypass load: NaN never passes."""
+    nan = np.array(math.nan)
+    assert vectors._compare("c", "loss", 1.0, nan, 1e-12).status == "fail"
+    assert vectors._compare("c", "loss", 1.0, np.array(1.0), math.nan).status == "fail"
+    assert vectors._compare("c", "loss", 1.0, np.array(1.0), -1.0).status == "fail"
+    assert vectors._compare("c", "loss", 1.0, np.array(1.0), "x").status == "fail"
+    assert vectors._compare("c", "loss", 1.0, np.array(1.0), 0.0).status == "pass"
+
+
+def test_a_set_without_cases_or_with_a_case_twice_is_rejected(exported, tmp_path):
+    d = _copy(exported, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    (d / "manifest.json").write_text(json.dumps({**m, "cases": []}))
+    with pytest.raises(ValueError, match=r"manifest: .* no cases"):
+        vectors.load(d)
+    (d / "manifest.json").write_text(json.dumps({**m, "cases": m["cases"][:1] * 2}))
+    with pytest.raises(ValueError, match=r"manifest: .* case 'tiny_dot' twice"):
+        vectors.load(d)
+
+
+@pytest.mark.parametrize("case_id, edit, field", [
+    ("tiny_dot", lambda d: d.pop("tolerance"), r"tolerance: missing"),
+    ("tiny_dot", lambda d: d.pop("expected"), r"expected: missing"),
+    ("tiny_dot", lambda d: d["tolerance"]["atol"].pop("log_probs"), r"tolerance\.atol\.log_probs: missing"),
+    ("tiny_dot", lambda d: d["expected"]["grads"].pop("generator.bias"), r"expected\.grads: .*generator\.bias"),
+    ("tiny_dot", lambda d: d["tolerance"]["atol"]["grads"].pop("generator.bias"),
+     r"tolerance\.atol\.grads: .*generator\.bias"),
+    ("tiny_dot", lambda d: d["inputs"].pop("tgt"), r"inputs\.tgt: missing"),
+    ("tiny_dot", _set("expected", "attention", None), r"expected\.attention"),
+    ("tiny_dot", _set("config", "foo", 1), r"config: "),
+    ("tiny_dot", _set("config", "dtype", "float16"), r"config: .*dtype"),
+    ("attn_dot", lambda d: d.pop("score"), r"score: missing"),
+    ("attn_dot", _set("dtype", "int8"), r"dtype: "),
+    ("attn_dot", _set("inputs", "mask", [[False, True, True]]), r"inputs\.mask"),
+    ("attn_dot", _set("inputs", "query", [["0.1"], ["0.2", "0.3"]]), r"inputs\.query"),
+    ("attn_general", _set("inputs", "W_a", None), r"inputs\.W_a"),
+])
+def test_a_missing_or_malformed_field_is_named(exported, tmp_path, case_id, edit, field):
+    """A missing field was a bare KeyError traceback (exit 1), an unknown dtype a silent skip."""
+    d = _damaged(exported, tmp_path, case_id, edit)
+    with pytest.raises(ValueError, match=rf"case {case_id}: {field}"):
+        vectors.load(d)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_set("inputs", "src_len", [1e30]), r"inputs\.src_len: .*int"),
+    (_set("inputs", "src_len", [10**30]), r"inputs\.src_len: .*int64"),
+    (_set("inputs", "src_len", [True]), r"inputs\.src_len: .*int"),
+    (_set("inputs", "src", [[3.5, 3]]), r"inputs\.src: .*int"),
+    (_set("inputs", "src", [[99, 3]]), r"inputs\.src: id 99"),
+    (_set("inputs", "src_len", [3]), r"inputs\.src_len: "),
+    (lambda d: d["inputs"]["params"]["generator.bias"].__setitem__(0, "nan"),
+     r"inputs\.params\['generator\.bias'\]: .*finite"),
+    (lambda d: d["inputs"]["params"]["generator.bias"].__setitem__(0, 0.5),
+     r"inputs\.params\['generator\.bias'\]: .*decimal strings"),
+    (lambda d: d["inputs"]["params"]["generator.bias"].append("0.1"), r"inputs\.params\['generator\.bias'\]: .*shape"),
+])
+def test_input_arrays_are_validated_at_load(exported, tmp_path, edit, field):
+    """src_len [1e30] used to end in a bare OverflowError; a NaN parameter in an "error" row."""
+    d = _damaged(exported, tmp_path, "tiny_dot", edit)
+    with pytest.raises(ValueError, match=rf"case tiny_dot: {field}"):
+        vectors.load(d)
+
+
+def test_cli_a_damaged_set_is_a_bad_argument_not_a_pass_or_a_traceback(exported, tmp_path, capsys):
+    d = _damaged(exported, tmp_path, "tiny_dot", _set("expected", "loss", "nan"))
+    assert main(["vectors", "check", str(d)]) == 2
+    assert "case tiny_dot: expected.loss" in capsys.readouterr().err
