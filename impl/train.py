@@ -142,14 +142,17 @@ def make_batches(pairs, config: Config, batch_size: int, *, sort_by_length: bool
 def evaluate(params, config: Config, batches: Sequence[Batch]) -> float:
     """Mean loss per non-PAD label over ``batches`` (each batch's loss weighted by its labels)."""
     _check_config(config)
-    if not batches:
+    if not isinstance(batches, Sequence):
+        raise TypeError(f"batches: expected a list of Batch (from make_batches), got {type(batches).__name__}")
+    if len(batches) == 0:
         raise ValueError("batches: expected at least one batch")
     total = count = 0.0
     for b in batches:
         if not isinstance(b, Batch):
             raise TypeError(f"batches: expected Batch items (from make_batches), got {type(b).__name__}")
-        n = int(np.count_nonzero(b.tgt[:, 1:] != config.pad_id))
-        total += float(forward(params, config, b.src, b.src_len, b.tgt).loss) * n
+        loss = float(forward(params, config, b.src, b.src_len, b.tgt).loss)      # checks the batch first
+        n = int(np.count_nonzero(np.asarray(b.tgt)[:, 1:] != config.pad_id))
+        total += loss * n
         count += n
     return total / count
 

@@ -48,6 +48,9 @@ def as_int_array(name: str, x, ndim: int) -> np.ndarray:
         raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {a.shape}")
+    if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:    # astype would wrap it
+        i = tuple(int(j) for j in np.unravel_index(int(np.argmax(a)), a.shape))
+        raise ValueError(f"{name}: {a[i]} at index {i} is beyond int64")
     return a.astype(np.int64)
 
 

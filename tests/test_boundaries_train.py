@@ -12,7 +12,7 @@ from attnspec.impl.checkpoint import load_checkpoint, save_checkpoint
 from attnspec.impl.cli import main
 from attnspec.impl.model import init_params
 from attnspec.impl.optim import Adam
-from attnspec.impl.train import train
+from attnspec.impl.train import evaluate, make_batches, train
 from attnspec.spec.config import Config
 
 CFG = Config(V_src=7, V_tgt=7, E=3, H=4)
@@ -331,3 +331,14 @@ def test_demo_caps_the_source_length(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--task", "reverse", "--max-len", "100000000"])
     assert exit_.value.code == 2 and "--max-len: expected at most 200" in capsys.readouterr().err
+
+
+def test_evaluate_names_malformed_batches():
+    """Found by fuzzing: a Batch of lists or a 1-d tgt gave IndexError/TypeError from inside."""
+    c = Config(V_src=7, V_tgt=7, E=2, H=2)
+    p = init_params(c, 0)
+    good = make_batches([([3, 4], [4, 3])], c, batch_size=1)[0]
+    with pytest.raises(ValueError, match="tgt"):
+        evaluate(p, c, [good._replace(tgt=good.tgt[0])])
+    with pytest.raises(TypeError, match="batches"):
+        evaluate(p, c, np.array([]))

@@ -339,6 +339,14 @@ def test_bad_input_is_rejected_naming_the_argument(fn, ok, name, exc, change):
         fn(**{**ok, **change})
 
 
+def test_an_id_beyond_int64_is_reported_as_it_is():
+    """Found by fuzzing: uint64 ids above int64's range wrapped, and the error named id -9223372036854775805."""
+    cfg = small_config()
+    src, src_len, tgt = make_batch(cfg, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"src: 9223372036854775811 at index \(0, 0\) is beyond int64"):
+        forward(init_params(cfg, 0), cfg, np.full(src.shape, 2**63 + 3, np.uint64), src_len, tgt)
+
+
 def test_non_finite_results_raise_instead_of_returning_nan(monkeypatch):
     """The results' check, behind the parameters' bound (lifted here: these parameters exceed it)."""
     monkeypatch.setattr("attnspec.spec.validate.products_fit_bound", lambda config, dtype: math.inf)
