@@ -7,7 +7,6 @@ arguments, shows progress on stderr and prints the report.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -103,13 +102,6 @@ def _jsonable(row) -> dict:
     return {k: fix(v) for k, v in row._asdict().items()}
 
 
-def _check_writable(name: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        raise ValueError(f"{name}: cannot write a file at {path!r} ("
-                         f"{'a directory' if os.path.isdir(path) else 'no folder ' + repr(folder)})")
-
-
 def vectors_main(args) -> int:
     """Run ``attnspec vectors export|check``; exit status 0 (all passed), 1 (a failure) or 2 (bad arguments)."""
     from ..spec import vectors
@@ -121,10 +113,11 @@ def vectors_main(args) -> int:
             print(f"wrote {len(manifest['cases'])} cases (format version {manifest['format_version']}) to "
                   f"{args.dir} in {time.perf_counter() - t0:.1f} s")
             return 0
+        from ..spec.conformance.report import check_writable
         from ..spec.conformance.targets import resolve
 
         if args.json is not None:
-            _check_writable("--json", args.json)                      # before the check, not after it
+            check_writable("--json", args.json)                       # before the check, not after it
         impl = resolve(args.adapter)
         rows = vectors.check(args.dir, impl, progress=_progress)
     except (ValueError, TypeError) as exc:

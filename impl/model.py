@@ -9,6 +9,7 @@ kernels, which loop over time in compiled code. Nothing here loops over time.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,16 @@ def init_params(config: Config, seed: int) -> dict[str, np.ndarray]:
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     if seed < 0:
         raise ValueError(f"seed: expected a non-negative int, got {seed}")
+    c = config
+    # An upper bound on the number of parameters, from the sizes alone: with L = 10**9 even listing
+    # the shapes would exhaust the memory.
+    count = (c.V_src + c.V_tgt) * c.E + 2 * c.L * (4 * c.H * (c.E + 2 * c.H) + 8 * c.H) + 4 * c.H ** 2 + c.H \
+        + c.V_tgt * (c.H + 1)
+    need = count * (8 + np.dtype(c.dtype).itemsize)             # drawn in float64, then converted
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:      # found by fuzzing: V_tgt = 10**12 asked NumPy for 21.8 TiB
+        raise ValueError(f"config: its parameters need about {need / 2**30:.3g} GiB, "
+                         f"more than this machine's {have / 2**30:.3g} GiB")
     rng = np.random.default_rng(int(seed))
     H = config.H
     params = {}

@@ -164,32 +164,57 @@ def load(target: str) -> Implementation:
     'unnamed'
     """
     import importlib
-    import importlib.util
-    import pathlib
 
-    if not isinstance(target, str) or target.count(":") != 1:
+    if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
         raise ValueError(f"target: expected 'module:name' or 'file.py:name', got {target!r}")
     where, name = target.split(":")
-    if where.endswith(".py"):
-        path = pathlib.Path(where)
-        if not path.is_file():
-            raise ValueError(f"target: no such file {where!r}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ValueError(f"target: cannot import module {where!r} ({exc})") from None
+    # Any error of the adapter's own code while it loads is the target's fault: a usage error
+    # naming it, not a traceback from inside the kit.
+    try:
+        module = _load_file(where) if where.endswith(".py") else importlib.import_module(where)
+    except ImportError as exc:
+        raise ValueError(f"target: cannot import module {where!r} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"target: {where!r} raised {type(exc).__name__} while loading: {exc}") from None
     if not hasattr(module, name):
         raise ValueError(f"target: module {where!r} has no attribute {name!r}")
     obj = getattr(module, name)
-    if isinstance(obj, type):
-        obj = obj() if issubclass(obj, Implementation) else obj
-    elif callable(obj) and not isinstance(obj, Implementation):
-        obj = obj()  # a factory function
+    try:
+        if isinstance(obj, type):
+            obj = obj() if issubclass(obj, Implementation) else obj
+        elif callable(obj) and not isinstance(obj, Implementation):
+            obj = obj()  # a factory function
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"target: making {target!r} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, Implementation):
         raise ValueError(f"target: {target!r} is not an attnspec.spec.protocol.Implementation "
                          f"(got {type(obj).__name__}); see docs/conformance.md")
+    for attr, allowed in (("scores", SCORES + (BASELINE,)), ("dtypes", DTYPES)):
+        value = getattr(obj, attr)
+        if not isinstance(value, (tuple, list)) or not all(v in allowed for v in value):
+            raise ValueError(f"target: {attr} of {target!r} must be a tuple of some of {allowed}, got {value!r}")
     return obj
+
+
+def _load_file(where: str):
+    """Import ``path/to/file.py`` as ``python file.py`` would see it: its folder on sys.path (for
+    ``from mymodel import MyModel``) and the module in sys.modules (dataclasses and pickle look it up)."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(where).resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file {where!r}")
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    module_name = path.stem if path.stem not in sys.modules else f"attnspec_adapter_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module

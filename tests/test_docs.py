@@ -191,3 +191,13 @@ def test_site_page_equations_are_typeset_by_mathjax(site, page, tmp_path):
     text = "".join(parser.parts)
     for raw in ("$$", r"\frac", r"\begin", r"\left", r"\[", r"\(", r"\mathrm"):
         assert raw not in text, f"{page}: raw LaTeX {raw!r} left in the rendered text"
+
+
+def test_derive_checks_its_folder_before_rendering(tmp_path, monkeypatch, capsys):
+    """Found by fuzzing: --out naming a file failed with a traceback after ~15 s of rendering."""
+    monkeypatch.setattr(derive, "render", lambda: pytest.fail("rendered before checking --out"))
+    (tmp_path / "file").write_text("x")
+    for argv in (["derive", "--out", str(tmp_path / "file")], ["derive", "--out", str(tmp_path / "file" / "sub")],
+                 ["derive", "--check", "--out", str(tmp_path / "missing")]):
+        assert cli.main(argv) == 2
+        assert "attnspec derive: error: out: " in capsys.readouterr().err

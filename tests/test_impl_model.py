@@ -455,3 +455,10 @@ def test_loss_and_gradients_match_the_oracle(score, L, feeding):
     assert_close(loss, ref.loss, rtol=1e-12, atol=0, name="loss")
     for n in grads:
         assert_close(grads[n], ref.grads[n], rtol=0, atol=1e-10 * np.abs(ref.grads[n]).max(), name=n)
+
+
+def test_init_params_refuses_a_model_bigger_than_the_machine():
+    """Found by fuzzing: V_tgt = 10**12 reached NumPy's MemoryError (21.8 TiB), L = 10**9 an empty one after 39 s."""
+    for cfg in (Config(V_src=5, V_tgt=10**12, E=2, H=2), Config(V_src=5, V_tgt=5, E=2, H=2, L=10**9)):
+        with pytest.raises(ValueError, match="config: its parameters need about"):
+            init_params(cfg, 0)

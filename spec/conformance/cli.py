@@ -54,6 +54,8 @@ def run(args) -> int:
     from . import golden, report, runner, targets
 
     try:
+        if args.json is not None:
+            report.check_writable("--json", args.json)  # before the run, not after it
         impl = targets.resolve(args.target)
         xfail = runner.read_xfail(args.xfail) if args.xfail else {}
         runner.select(args.only)  # unknown names are a usage error, before any work

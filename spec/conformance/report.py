@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 
 from .runner import FAIL, PASS, SKIP, XFAIL, XPASS, PropertyResult
@@ -56,9 +57,17 @@ class Report:
         return out
 
     @property
+    def nothing_checked(self) -> bool:
+        """Every property skipped and no golden vector passed: an adapter whose methods are all
+        misspelled must not read as OK (found by fuzzing)."""
+        return (all(r.status == SKIP for r in self.properties)
+                and not (self.vectors is not None and self.vectors.status == PASS))
+
+    @property
     def ok(self) -> bool:
-        """True when nothing failed: no property FAIL and golden vectors not FAIL."""
-        return not any(r.failed for r in self.properties) and not (self.vectors and self.vectors.is_failure)
+        """True when nothing failed (no property FAIL, golden vectors not FAIL) and something was checked."""
+        return (not any(r.failed for r in self.properties) and not (self.vectors and self.vectors.is_failure)
+                and not self.nothing_checked)
 
     @property
     def exit_code(self) -> int:
@@ -97,7 +106,7 @@ def text(report: Report) -> str:
     words = {PASS: "passed", FAIL: "failed", SKIP: "skipped", XFAIL: "xfailed", XPASS: "xpassed"}
     lines += ["", ", ".join(f"{n} {words[s]}" for s, n in c.items() if n or s in (PASS, FAIL))
               + (f"; golden vectors {v.status.lower()}" if v else "")
-              + ("  =>  OK" if report.ok else "  =>  FAILED")]
+              + ("  =>  OK" if report.ok else "  =>  NOTHING CHECKED" if report.nothing_checked else "  =>  FAILED")]
     for r in report.properties:
         if r.status in (FAIL, XFAIL):
             head = f"{r.status} {r.name}" + (f"  (expected: {r.reason})" if r.reason else "")
@@ -145,6 +154,14 @@ def to_json(report: Report) -> dict:
         },
         "notes": report.notes,
     })
+
+
+def check_writable(name: str, path) -> None:
+    """Raise ValueError naming ``name`` unless a file can be written at ``path`` (its folder exists)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path)) if path else ""
+    if not path or os.path.isdir(path) or not os.path.isdir(folder):
+        raise ValueError(f"{name}: cannot write a file at {path!r}")
 
 
 def write_json(report: Report, path) -> None:
