@@ -108,7 +108,7 @@ def pad_batch(pairs, config: Config) -> Batch:
 
 
 def make_batches(pairs, config: Config, batch_size: int, *, sort_by_length: bool = True,
-                 seed: int | None = None) -> list[Batch]:
+                 seed: int | None = None, name: str = "pairs") -> list[Batch]:
     """Split ``pairs`` into padded batches of at most ``batch_size`` pairs.
 
     Parameters
@@ -123,13 +123,15 @@ def make_batches(pairs, config: Config, batch_size: int, *, sort_by_length: bool
         Shuffle the pairs first (with ``default_rng(seed)``), so that batches
         mix the data and ties in length are broken at random; ``None`` keeps
         the given order.
+    name : str
+        What errors call ``pairs`` (``train`` passes ``train_pairs`` or ``valid_pairs``).
     """
     _check_config(config)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ValueError(f"seed: expected None or an int >= 0, got {seed!r}")
-    checked = _check_pairs("pairs", pairs, config)
+    checked = _check_pairs(name, pairs, config)
     order = np.arange(len(checked)) if seed is None else np.random.default_rng(seed).permutation(len(checked))
     if sort_by_length:
         lengths = [(len(checked[i][0]), len(checked[i][1])) for i in order]
@@ -359,16 +361,20 @@ def train(config: Config, train_pairs, *, steps: int, batch_size: int = 32, opti
     if on_eval is not None and not eval_every:
         raise ValueError("eval_every: must be > 0 when on_eval is given")
 
-    batches = make_batches(train_pairs, config, batch_size, sort_by_length=sort_by_length, seed=seed)
+    batches = make_batches(train_pairs, config, batch_size, sort_by_length=sort_by_length, seed=seed,
+                           name="train_pairs")
     valid = None
     if valid_pairs is not None:
-        valid = make_batches(valid_pairs, config, batch_size)
+        valid = make_batches(valid_pairs, config, batch_size, name="valid_pairs")
     settings = {"seed": seed, "batch_size": int(batch_size), "sort_by_length": bool(sort_by_length),
                 "optimizer": optimizer.to_dict(), "clip_norm": clip_norm, "data_sha256": _fingerprint(batches)}
     history = {k: [] for k in ("step", "loss", "grad_norm", "eval_step", "eval_loss")}
 
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
+        try:
+            ckpt = load_checkpoint(resume_from)
+        except (TypeError, ValueError, FileNotFoundError) as exc:     # they name "path"
+            raise type(exc)(f"resume_from: {exc}") from None
         if ckpt.config != config:
             raise ValueError(f"config: differs from the checkpoint's {ckpt.config}")
         saved = ckpt.extra.get("train_settings", {})

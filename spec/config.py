@@ -132,7 +132,12 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        data = json.loads(text)
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"config: expected JSON text, got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:          # JSONDecodeError is a ValueError
+            raise ValueError(f"config: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise ValueError("config: expected a JSON object")
         unknown = set(data) - set(cls.__dataclass_fields__)

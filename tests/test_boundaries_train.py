@@ -342,3 +342,21 @@ def test_evaluate_names_malformed_batches():
         evaluate(p, c, [good._replace(tgt=good.tgt[0])])
     with pytest.raises(TypeError, match="batches"):
         evaluate(p, c, np.array([]))
+
+
+def test_train_names_the_argument_that_is_wrong(tmp_path):
+    """Found by fuzzing: errors in valid_pairs and resume_from said 'pairs' and 'path'."""
+    c = Config(V_src=7, V_tgt=7, E=2, H=2)
+    ok = [([3, 4], [4, 3])]
+    with pytest.raises(ValueError, match="valid_pairs"):
+        train(c, ok, steps=1, valid_pairs=[([3, 99], [3])], progress=False)
+    with pytest.raises(ValueError, match="train_pairs"):
+        train(c, [], steps=1, progress=False)
+    with pytest.raises(TypeError, match="resume_from"):
+        train(c, ok, steps=1, resume_from=3, progress=False)
+
+
+@pytest.mark.parametrize("text", ["{", "[" * 100000, 5])
+def test_config_from_json_names_the_config(text):
+    with pytest.raises((TypeError, ValueError), match="config: "):
+        Config.from_json(text)

@@ -269,3 +269,12 @@ def test_output_and_xfail_files_are_checked_before_the_run(tmp_path, capsys):
     bom = tmp_path / "xfail.txt"
     bom.write_text("\ufeffmasked_weights_are_exactly_zero  # known\n", encoding="utf-8")
     assert runner.read_xfail(bom) == {"masked_weights_are_exactly_zero": "known"}
+
+
+def test_vectors_that_cannot_be_exported_are_a_failing_row_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Found by fuzzing: ATTNSPEC_CACHE naming a file (or --vectors in /proc) ended in a traceback."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("ATTNSPEC_CACHE", str(tmp_path / "file"))
+    code = main(["check", "--max-examples", "1", "--quiet"])
+    assert code == 1
+    assert "cannot export the golden vectors" in capsys.readouterr().out

@@ -93,10 +93,13 @@ def run(impl, directory=None, *, progress=None) -> VectorResult:
     version = f"{getattr(vectors, 'FORMAT_VERSION', '1')}-{digest}"
     directory = cache_dir(version) if directory is None else pathlib.Path(directory)
     start = time.perf_counter()
-    if not directory.is_dir() or not any(directory.iterdir()):
-        if progress is not None:
-            print(f"exporting the golden vectors to {directory} (once) ...", file=progress, flush=True)
-        _export(vectors, directory)
+    try:
+        if not directory.is_dir() or not any(directory.iterdir()):
+            if progress is not None:
+                print(f"exporting the golden vectors to {directory} (once) ...", file=progress, flush=True)
+            _export(vectors, directory)
+    except OSError as exc:  # a file in the way, a read-only cache (found by fuzzing: a traceback)
+        return VectorResult(FAIL, str(directory), note=f"cannot export the golden vectors to {directory}: {exc}")
     try:
         rows = _case_rows(vectors.check(directory, impl))
     except (OSError, ValueError) as exc:  # an unreadable or stale export: say which directory
