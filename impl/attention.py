@@ -8,9 +8,10 @@ from typing import NamedTuple
 import numpy as np
 
 from ..spec.config import SCORES
-from ..spec.validate import all_finite, as_float_array, check_attention_params, src_len_from_mask
+from ..spec.validate import as_float_array, check_attention_params, src_len_from_mask
 from .kernels_attention import (CONCAT, GENERAL, MODES, attention_backward, attention_forward,
                                 attention_keys_backward, project_keys)
+from .model import _check_finite
 
 
 def attention(score: str, query, keys, mask, W_a=None, v_a=None) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +43,7 @@ def attention(score: str, query, keys, mask, W_a=None, v_a=None) -> tuple[np.nda
     k = _prepare(score, query, keys, mask, W_a, v_a)
     attention_forward(k.mode, k.query, k.keys, k.keys_proj, k.W_q, k.v_a, k.denom, np.arange(k.B), k.src_len,
                       k.q_proj, k.weights, k.ctx)
-    _check_finite("attention", k.weights, k.ctx)
+    _check_finite("attention", k.weights, k.ctx, culprit="inputs")
     return k.weights, k.ctx
 
 
@@ -122,12 +123,6 @@ def _check_scores_fit(score: str, query, keys, W_a, v_a) -> None:
                          f"above {limit:.3g}, and overflow to infinity")
 
 
-def _check_finite(name: str, *arrays) -> None:
-    for a in arrays:
-        if not all_finite(a):
-            raise FloatingPointError(f"{name}: non-finite result (overflow); the inputs are too large for {a.dtype}")
-
-
 def attention_vjp(score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> dict[str, np.ndarray]:
     """Backward of ``attention`` for L = sum g_ctx * ctx: the gradients of the scores and of every input.
 
@@ -177,5 +172,5 @@ def attention_vjp(score: str, query, keys, mask, g_ctx, W_a=None, v_a=None) -> d
         dW_q = dq_proj.T @ k.query                                    # z = W_q h + W_k k
         grads["W_a"] = np.concatenate([dW_q, dW_k], axis=1)           # W_a = [W_q | W_k]
         grads["v_a"] = dv_a
-    _check_finite("attention_vjp", *grads.values())
+    _check_finite("attention_vjp", *grads.values(), culprit="inputs")
     return grads

@@ -20,7 +20,7 @@ import numpy as np
 from ..spec.validate import check_params, check_positive_int, check_source
 from .kernels_decode import beam_kernel, greedy_kernel
 from .kernels_matmul import one_pool, use_tiles
-from .model import _check_config, _check_finite, pack_weights
+from .model import _check_config, _check_finite, pack_weights, physical_memory
 
 __all__ = ["DecodeResult", "greedy_decode", "beam_search"]
 
@@ -72,7 +72,7 @@ def _check_memory(names: str, config, src, beam_size: int, max_len: int) -> None
     per_step = rows * (S * item + 16) + B * (S * item + 8)
     per_row = item * (config.V_tgt + config.E + 4 * config.H + 8 * config.H * config.L)
     need = max_len * per_step + rows * per_row + 64 * beam_size ** 2  # Python ints: no overflow
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = physical_memory()
     if need > have:
         raise ValueError(f"{names}: decoding B = {B} source rows with beam size {beam_size} for up to {max_len} "
                          f"steps needs about {need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.3g} GiB")

@@ -49,6 +49,11 @@ def _check_config(config) -> Config:
     return config
 
 
+def physical_memory() -> int:
+    """This machine's memory in bytes: what a call whose arrays would exceed it is refused against."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def init_params(config: Config, seed: int) -> dict[str, np.ndarray]:
     """Random parameters for ``config``, reproducible from ``seed``, in state-dict order.
 
@@ -69,7 +74,7 @@ def init_params(config: Config, seed: int) -> dict[str, np.ndarray]:
     count = (c.V_src + c.V_tgt) * c.E + 2 * c.L * (4 * c.H * (c.E + 2 * c.H) + 8 * c.H) + 4 * c.H ** 2 + c.H \
         + c.V_tgt * (c.H + 1)
     need = count * (8 + np.dtype(c.dtype).itemsize)             # drawn in float64, then converted
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = physical_memory()
     if need > have:      # found by fuzzing: V_tgt = 10**12 asked NumPy for 21.8 TiB
         raise ValueError(f"config: its parameters need about {need / 2**30:.3g} GiB, "
                          f"more than this machine's {have / 2**30:.3g} GiB")
@@ -179,11 +184,12 @@ def _prepare(params, config, src, src_len, tgt):
     return config, w, np.ascontiguousarray(src), np.ascontiguousarray(src_len), y_in, labels, rows
 
 
-def _check_finite(name: str, *arrays) -> None:
+def _check_finite(name: str, *arrays, culprit: str = "parameters") -> None:
+    """Raise FloatingPointError naming ``name`` unless every array is finite."""
     for a in arrays:
         if not all_finite(a):
             raise FloatingPointError(
-                f"{name}: non-finite result (overflow); the parameters are too large for {a.dtype}")
+                f"{name}: non-finite result (overflow); the {culprit} are too large for {a.dtype}")
 
 
 def forward(params, config: Config, src, src_len, tgt) -> ForwardResult:
